@@ -1,0 +1,72 @@
+"""One injectable clock for the engine, SpiffWorkflow's timers and the scheduler.
+
+Tests and simulations move a case years forward in a second by advancing a
+`ManualClock`; production uses `SystemClock`. SpiffWorkflow reads the time
+through `datetime.now(timezone.utc)` inside its timer module, so `install()`
+points that module's `datetime` name at a subclass whose `now()` asks our clock.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import SpiffWorkflow.bpmn.specs.event_definitions.timer as spiff_timer
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class ManualClock:
+    """A clock that only moves when told to; thread-safe."""
+
+    def __init__(self, start: datetime | None = None):
+        self._now = start or datetime.now(timezone.utc)
+        if self._now.tzinfo is None:
+            raise ValueError("ManualClock needs an aware datetime")
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._now = self._now + delta
+            return self._now
+
+    def set(self, moment: datetime) -> None:
+        with self._lock:
+            self._now = moment
+
+
+_current = SystemClock()
+
+
+def get_clock():
+    return _current
+
+
+def now() -> datetime:
+    return _current.now()
+
+
+def set_clock(clock) -> None:
+    """Make `clock` the process-wide clock (engine, Spiff timers, scheduler)."""
+    global _current
+    _current = clock
+
+
+class _ClockedDatetime(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        moment = _current.now()
+        return moment.astimezone(tz) if tz is not None else moment.replace(tzinfo=None)
+
+
+def install() -> None:
+    spiff_timer.datetime = _ClockedDatetime
+
+
+install()

@@ -1,0 +1,59 @@
+"""Errors the engine raises; the service maps each to an HTTP status."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+class EngineError(Exception):
+    """Base class; `str(err)` is safe to show to the user."""
+
+
+class NotFound(EngineError):
+    pass
+
+
+class Conflict(EngineError):
+    """A lost race or a state that no longer allows the action (HTTP 409)."""
+
+
+class Rejected(EngineError):
+    """The request is well-formed but not acceptable (HTTP 422)."""
+
+
+@dataclass
+class Problem:
+    file: str
+    message: str
+    element_id: str | None = None
+    line: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}"
+        if self.element_id:
+            where += f" [{self.element_id}]"
+        return f"{where}: {self.message}"
+
+
+class DeployError(EngineError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems[:5]))
+
+
+class IncidentOpened(EngineError):
+    """The step failed inside the diagram (script, service task, ...).
+
+    The instance is unchanged; the failed action is kept on the incident so that
+    a retry replays it.
+    """
+
+    def __init__(self, incident_id: int, instance_id: int, element_id: str | None, message: str):
+        self.incident_id = incident_id
+        self.instance_id = instance_id
+        self.element_id = element_id
+        super().__init__(f"incident {incident_id} at {element_id or 'unknown element'}: {message}")

@@ -1,0 +1,673 @@
+"""The engine: deploy definitions, run instances one step at a time.
+
+A step is one database transaction: load → deserialize → act → run engine
+steps → serialize → `UPDATE … WHERE id = ? AND version = ?` → projections →
+history. A lost race raises `Conflict`; a failure inside the diagram rolls the
+step back and opens an incident that keeps the failed action for a retry.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from SpiffWorkflow.bpmn import BpmnEvent, BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
+from SpiffWorkflow.util.task import TaskState
+
+from . import clock
+from .bundle import BundleFile, CompiledBundle, compile_bundle
+from .errors import Conflict, IncidentOpened, NotFound, Rejected
+from .hooks import EngineHooks
+from .models import (
+    Definition,
+    DefinitionFile,
+    HistoryEvent,
+    HumanTask,
+    Incident,
+    Instance,
+    MessageSubscription,
+    Outbox,
+    Timer,
+)
+from .sandbox import SandboxedScriptEngine
+from .serializer import STATE_FORMAT, StateSerializer
+from .specs import CachedSpec, SpecCache
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(
+    r"^P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<mi>\d+)M)?(?:(?P<s>\d+)S)?)?$"
+)
+_OPEN = "open"
+
+
+def parse_duration(text: str) -> timedelta:
+    """ISO-8601 duration to a timedelta (years as 365 days, months as 30)."""
+    match = _DURATION.match(text or "")
+    if not match or text == "P":
+        raise ValueError(f"not an ISO-8601 duration: {text!r}")
+    v = {k: int(x) if x else 0 for k, x in match.groupdict().items()}
+    return timedelta(days=v["y"] * 365 + v["mo"] * 30 + v["w"] * 7 + v["d"], hours=v["h"], minutes=v["mi"],
+                     seconds=v["s"])
+
+
+@dataclass
+class StepContext:
+    session: object
+    instance: Instance
+    actor: str | None
+    cached: CachedSpec
+    completed_human: list[str] = field(default_factory=list)
+    completed_elements: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    instance_id: int
+    version: int
+    status: str
+    outbox_ids: list[int]
+
+
+class _DiagramFailure(Exception):
+    def __init__(self, error: Exception, element_id: str | None):
+        self.error = error
+        self.element_id = element_id
+        super().__init__(str(error))
+
+
+_current_step: ContextVar[StepContext] = ContextVar("_current_step")
+
+
+def _failure_message(err: Exception) -> str:
+    # Spiff wraps the original error; keep the first line, never task data.
+    text = str(err).split("\n")[0]
+    return text[:1000] or err.__class__.__name__
+
+
+def _failed_element(err: Exception) -> str | None:
+    task = getattr(err, "task", None)
+    spec = getattr(task, "task_spec", None)
+    return getattr(spec, "bpmn_id", None) or getattr(err, "task_id", None)
+
+
+def _timer_due(task) -> datetime | None:
+    value = task.internal_data.get("event_value")
+    if isinstance(value, dict):
+        value = value.get("next")
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment
+
+
+class Engine:
+    def __init__(self, db, hooks: EngineHooks | None = None, script_time_limit: float = 1.0):
+        self.db = db
+        self.hooks = hooks or EngineHooks()
+        self.specs = SpecCache(self.hooks.resolve_lane)
+        self.serializer = StateSerializer()
+        self.script_engine = SandboxedScriptEngine(
+            clock=clock.now, time_limit=script_time_limit, service_handler=self._call_service
+        )
+
+    # ------------------------------------------------------------------ deploy
+    def validate(self, files: list[BundleFile]) -> CompiledBundle:
+        return compile_bundle(files, self.hooks.resolve_lane, self.hooks.check_form)
+
+    def deploy(self, files: list[BundleFile], actor: str | None = None) -> tuple[Definition, bool]:
+        """Deploy a bundle; identical content returns the existing version (created=False)."""
+        compiled = self.validate(files)
+        try:
+            with self.db.write() as session:
+                existing = session.scalar(
+                    select(Definition).where(
+                        Definition.process_key == compiled.process_key,
+                        Definition.content_hash == compiled.content_hash,
+                    )
+                )
+                if existing is not None:
+                    return existing, False
+                last = session.scalar(
+                    select(func.max(Definition.version)).where(Definition.process_key == compiled.process_key)
+                )
+                definition = Definition(
+                    process_key=compiled.process_key,
+                    version=(last or 0) + 1,
+                    name=compiled.name,
+                    content_hash=compiled.content_hash,
+                    status="active",
+                    deployed_at=clock.now(),
+                    deployed_by=actor,
+                    message_starts=compiled.message_starts,
+                    files=[DefinitionFile(name=f.name, kind=f.kind, content=f.content) for f in compiled.files],
+                )
+                session.add(definition)
+                session.flush()
+        except IntegrityError:
+            raise Conflict(f"another deploy of '{compiled.process_key}' happened at the same time; retry") from None
+        self.specs.put(definition.id, compiled)
+        return definition, True
+
+    def latest_definition(self, session, process_key: str) -> Definition | None:
+        return session.scalar(
+            select(Definition)
+            .where(Definition.process_key == process_key, Definition.status == "active")
+            .order_by(Definition.version.desc())
+            .limit(1)
+        )
+
+    def cached_spec(self, definition: Definition) -> CachedSpec:
+        return self.specs.get(definition)
+
+    # --------------------------------------------------------------- instances
+    def create_instance(self, session, definition: Definition, business_key: str, data: dict | None,
+                        actor: str | None, parent_instance_id: int | None = None) -> Instance:
+        """Write a new instance at its start, not yet advanced (call `advance`)."""
+        cached = self.specs.get(definition)
+        workflow = BpmnWorkflow(cached.spec, cached.subprocess_specs, script_engine=self.script_engine)
+        if data:
+            for task in workflow.get_tasks(spec_name="Start"):
+                task.data.update(data)
+        now = clock.now()
+        instance = Instance(
+            definition_id=definition.id,
+            process_key=definition.process_key,
+            business_key=business_key,
+            status="created",
+            state=self.serializer.dumps(workflow),
+            serializer_version=STATE_FORMAT,
+            version=1,
+            started_at=now,
+            updated_at=now,
+            started_by=actor,
+            parent_instance_id=parent_instance_id,
+            active_elements=[],
+            completed_elements=[],
+        )
+        session.add(instance)
+        session.flush()
+        self._history(session, instance, actor, "instance_started",
+                      detail={"process_key": definition.process_key, "version": definition.version})
+        return instance
+
+    def start(self, session_factory_session, definition: Definition, business_key: str, data: dict | None,
+              actor: str | None) -> Instance:
+        """Create an instance inside the caller's transaction (advance it after commit)."""
+        return self.create_instance(session_factory_session, definition, business_key, data, actor)
+
+    def advance(self, instance_id: int, actor: str | None = None) -> StepResult:
+        return self._step(instance_id, {"kind": "advance"}, actor)
+
+    def complete_task(self, task_id: str, data: dict, actor: str | None) -> StepResult:
+        with self.db.read() as session:
+            task = session.get(HumanTask, task_id)
+            if task is None:
+                raise NotFound("task not found")
+            if task.state != _OPEN:
+                raise Conflict(f"the task is already {task.state}")
+            if task.distinct_from_user and task.distinct_from_user == actor:
+                raise Rejected("four eyes: this task must be completed by someone other than "
+                               "whoever completed the earlier task")
+            instance_id = task.instance_id
+        return self._step(instance_id, {"kind": "complete", "task_id": task_id, "data": data}, actor)
+
+    def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
+                        outbox_id: int | None = None) -> list[int]:
+        """Deliver to every instance of the business key waiting for it, or start one.
+
+        Returns the ids of the instances that received the message; raises
+        NotFound when nothing waits for it (nothing is written).
+        """
+        payload = payload or {}
+        with self.db.read() as session:
+            waiting = session.scalars(
+                select(MessageSubscription.instance_id)
+                .where(MessageSubscription.name == name, MessageSubscription.business_key == business_key)
+                .distinct()
+            ).all()
+            starters = [] if waiting else self._message_start_definitions(session, name)
+        action = {"kind": "message", "name": name, "payload": payload}
+        if outbox_id is not None:
+            action["outbox_id"] = outbox_id
+        if waiting:
+            for instance_id in waiting:
+                self._step(instance_id, action, actor)
+            return list(waiting)
+        if not starters:
+            raise NotFound(f"no process of case {business_key} waits for message '{name}'")
+        started = []
+        for definition_id in starters:
+            with self.db.write() as session:
+                definition = session.get(Definition, definition_id)
+                instance = self.create_instance(session, definition, business_key, None, actor)
+                instance_id = instance.id
+            self._step(instance_id, action, actor)
+            started.append(instance_id)
+        return started
+
+    def _message_start_definitions(self, session, name: str) -> list[int]:
+        latest: dict[str, Definition] = {}
+        for definition in session.scalars(select(Definition).where(Definition.status == "active")):
+            if name in (definition.message_starts or []):
+                current = latest.get(definition.process_key)
+                if current is None or definition.version > current.version:
+                    latest[definition.process_key] = definition
+        return [d.id for d in latest.values()]
+
+    # ------------------------------------------------------------------ timers
+    def acquire_due_timers(self, owner: str, limit: int = 100, lease: timedelta = timedelta(minutes=5)) -> list[str]:
+        """Lease up to `limit` due timers for `owner`; other workers skip them."""
+        now = clock.now()
+        with self.db.write() as session:
+            query = (
+                select(Timer.id)
+                .where(Timer.status == "waiting", Timer.due_at <= now)
+                .where((Timer.lease_until.is_(None)) | (Timer.lease_until < now))
+                .order_by(Timer.due_at)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.scalars(query))
+            if ids:
+                session.execute(
+                    update(Timer).where(Timer.id.in_(ids)).values(lease_owner=owner, lease_until=now + lease)
+                )
+        return ids
+
+    def fire_timer(self, timer_id: str, owner: str) -> bool:
+        """Fire a leased timer in one step; False if it is gone or no longer ours."""
+        with self.db.read() as session:
+            timer = session.get(Timer, timer_id)
+            if timer is None or timer.lease_owner != owner or timer.status != "waiting":
+                return False
+            instance_id = timer.instance_id
+        try:
+            self._step(instance_id, {"kind": "timer", "timer_id": timer_id, "owner": owner}, "timer")
+        except (Conflict, NotFound):
+            return False
+        return True
+
+    def next_timer_due(self) -> datetime | None:
+        with self.db.read() as session:
+            return session.scalar(select(func.min(Timer.due_at)).where(Timer.status == "waiting"))
+
+    # ---------------------------------------------------------------- incidents
+    def retry_incident(self, incident_id: int, actor: str | None) -> StepResult:
+        with self.db.read() as session:
+            incident = session.get(Incident, incident_id)
+            if incident is None:
+                raise NotFound("incident not found")
+            if incident.status != _OPEN:
+                raise Conflict("the incident is already resolved")
+            action = dict(incident.action)
+            instance_id = incident.instance_id
+        action["incident_id"] = incident_id
+        return self._step(instance_id, action, actor)
+
+    # ---------------------------------------------------------- task ownership
+    def claim(self, task_id: str, user: str, actor: str | None = None) -> None:
+        self._set_assignee(task_id, user, actor or user, expect_unassigned=True, event="task_claimed")
+
+    def unclaim(self, task_id: str, user: str) -> None:
+        with self.db.write() as session:
+            task = self._open_task(session, task_id)
+            if task.assignee != user:
+                raise Conflict("the task is not claimed by you")
+            session.execute(update(HumanTask).where(HumanTask.id == task_id, HumanTask.assignee == user)
+                            .values(assignee=None, claimed_at=None))
+            self._history(session, None, user, "task_unclaimed", element_id=task.element_id,
+                          detail={"task_id": task_id}, instance_id=task.instance_id,
+                          business_key=task.business_key)
+
+    def reassign(self, task_id: str, user: str | None, actor: str) -> None:
+        self._set_assignee(task_id, user, actor, expect_unassigned=False, event="task_reassigned")
+
+    def _open_task(self, session, task_id: str) -> HumanTask:
+        task = session.get(HumanTask, task_id)
+        if task is None:
+            raise NotFound("task not found")
+        if task.state != _OPEN:
+            raise Conflict(f"the task is already {task.state}")
+        return task
+
+    def _set_assignee(self, task_id, user, actor, expect_unassigned: bool, event: str) -> None:
+        with self.db.write() as session:
+            task = self._open_task(session, task_id)
+            if user is not None and task.distinct_from_user == user:
+                raise Rejected("four eyes: this task must go to someone other than whoever completed "
+                               "the earlier task")
+            condition = [HumanTask.id == task_id, HumanTask.state == _OPEN]
+            if expect_unassigned:
+                if task.assignee == user:
+                    return
+                if task.assignee is not None:
+                    raise Conflict("the task is already claimed by someone else")
+                condition.append(HumanTask.assignee.is_(None))
+            result = session.execute(update(HumanTask).where(*condition)
+                                     .values(assignee=user, claimed_at=clock.now() if user else None))
+            if result.rowcount != 1:
+                raise Conflict("the task changed meanwhile; reload it")
+            self._history(session, None, actor, event, element_id=task.element_id,
+                          detail={"task_id": task_id, "assignee": user}, instance_id=task.instance_id,
+                          business_key=task.business_key)
+
+    # --------------------------------------------------------------- the step
+    def _step(self, instance_id: int, action: dict, actor: str | None) -> StepResult:
+        try:
+            with self.db.write() as session:
+                instance = session.get(Instance, instance_id, populate_existing=True)
+                if instance is None:
+                    raise NotFound("instance not found")
+                if instance.status in ("completed", "cancelled"):
+                    raise Conflict(f"the instance is {instance.status}")
+                result = self._step_in(session, instance, action, actor)
+        except _DiagramFailure as failure:
+            incident_id = self._record_incident(instance_id, action, failure, actor)
+            raise IncidentOpened(incident_id, instance_id, failure.element_id, _failure_message(failure.error)) \
+                from None
+        for outbox_id in result.outbox_ids:
+            self.deliver_outbox(outbox_id)
+        return result
+
+    def _step_in(self, session, instance: Instance, action: dict, actor: str | None) -> StepResult:
+        cached = self.specs.get(instance.definition)
+        workflow = self.serializer.loads(instance.state, cached.spec, cached.subprocess_specs, self.script_engine)
+        ctx = StepContext(session, instance, actor, cached)
+        token = _current_step.set(ctx)
+        try:
+            self._apply(workflow, action, ctx)
+            try:
+                workflow.do_engine_steps(did_complete_task=lambda t: self._element_done(t, ctx))
+            except Exception as err:  # anything raised by a script, condition or service task
+                raise _DiagramFailure(err, _failed_element(err)) from err
+        finally:
+            _current_step.reset(token)
+
+        now = clock.now()
+        status = "completed" if workflow.is_completed() else "running"
+        active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
+            state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
+        completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
+        new_version = instance.version + 1
+        result = session.execute(
+            update(Instance)
+            .where(Instance.id == instance.id, Instance.version == instance.version)
+            .values(state=self.serializer.dumps(workflow), version=new_version, status=status, updated_at=now,
+                    ended_at=now if status == "completed" else None, active_elements=active,
+                    completed_elements=completed, serializer_version=STATE_FORMAT)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise Conflict("the instance was changed by someone else at the same time; reload and retry")
+
+        self._project(session, instance, workflow, ctx, now)
+        for entry in ctx.history:
+            self._history(session, instance, entry.pop("actor", actor), **entry)
+        if "incident_id" in action:
+            session.execute(update(Incident).where(Incident.id == action["incident_id"])
+                            .values(status="resolved", resolved_at=now, resolved_by=actor))
+            self._history(session, instance, actor, "incident_resolved", detail={"incident_id": action["incident_id"]})
+        if "outbox_id" in action:
+            session.execute(update(Outbox).where(Outbox.id == action["outbox_id"])
+                            .values(status="delivered", delivered_at=now, target_instance_id=instance.id))
+        if status == "completed":
+            self._history(session, instance, actor, "instance_completed")
+            self.hooks.on_instance_ended(session, instance)
+        return StepResult(instance.id, new_version, status, ctx.outbox_ids)
+
+    def _apply(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
+        kind = action["kind"]
+        if kind == "advance":
+            return
+        if kind == "complete":
+            task = workflow.get_task_from_id(UUID(action["task_id"]))
+            if task is None or task.state != TaskState.READY or not task.task_spec.manual:
+                raise Conflict("the task is no longer open")
+            task.data.update(action.get("data") or {})
+            try:
+                task.run()
+            except Exception as err:
+                raise _DiagramFailure(err, task.task_spec.bpmn_id) from err
+            ctx.completed_human.append(action["task_id"])
+            ctx.completed_elements.append(task.task_spec.bpmn_id)
+            return
+        if kind == "message":
+            name = action["name"]
+            waiting = [t for t in workflow.get_tasks(state=TaskState.WAITING)
+                       if isinstance(getattr(t.task_spec, "event_definition", None), MessageEventDefinition)
+                       and t.task_spec.event_definition.name == name]
+            if not waiting:
+                raise Conflict(f"the instance no longer waits for message '{name}'")
+            event = BpmnEvent(waiting[0].task_spec.event_definition, payload=action.get("payload") or {})
+            try:
+                workflow.send_event(event)
+            except Exception as err:
+                raise _DiagramFailure(err, waiting[0].task_spec.bpmn_id) from err
+            ctx.history.append({"event": "message_received", "element_id": waiting[0].task_spec.bpmn_id,
+                                "detail": {"name": name}})
+            return
+        if kind == "timer":
+            timer = ctx.session.get(Timer, action["timer_id"])
+            if timer is None or timer.lease_owner != action["owner"]:
+                raise Conflict("the timer was fired or taken by another worker")
+            try:
+                workflow.refresh_timers()
+            except Exception as err:
+                raise _DiagramFailure(err, timer.element_id) from err
+            task = workflow.get_task_from_id(UUID(action["timer_id"]))
+            if task is not None and task.state == TaskState.WAITING:
+                raise Conflict("the timer is not due yet")
+            ctx.history.append({"event": "timer_fired", "element_id": timer.element_id,
+                                "detail": {"due_at": timer.due_at.isoformat()}})
+            return
+        raise ValueError(f"unknown action {kind}")
+
+    def _element_done(self, task, ctx: StepContext) -> None:
+        bpmn_id = getattr(task.task_spec, "bpmn_id", None)
+        if not bpmn_id:
+            return
+        ctx.completed_elements.append(bpmn_id)
+        if isinstance(task.task_spec, ExclusiveGateway):
+            taken = [c.task_spec.bpmn_id for c in task.children
+                     if c.state not in (TaskState.MAYBE, TaskState.LIKELY, TaskState.CANCELLED)
+                     and getattr(c.task_spec, "bpmn_id", None)]
+            ctx.history.append({"event": "gateway_taken", "element_id": bpmn_id, "detail": {"taken": taken}})
+
+    def _call_service(self, operation: str, params: dict, context: dict):
+        ctx = _current_step.get()
+        return self.hooks.call_service(ctx.session, ctx.instance, operation, params)
+
+    # ------------------------------------------------------------ projections
+    def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now) -> None:
+        self._project_human_tasks(session, instance, workflow, ctx, now)
+        waiting = workflow.get_tasks(state=TaskState.WAITING)
+        self._project_timers(session, instance, waiting)
+        self._project_subscriptions(session, instance, waiting)
+        for event in workflow.get_events():
+            if isinstance(event.event_definition, MessageEventDefinition):
+                payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
+                outbox = Outbox(source_instance_id=instance.id, name=event.event_definition.name,
+                                business_key=instance.business_key, payload=payload, status="pending",
+                                created_at=now)
+                session.add(outbox)
+                session.flush()
+                ctx.outbox_ids.append(outbox.id)
+                self._history(session, instance, ctx.actor, "message_thrown",
+                              detail={"name": event.event_definition.name, "outbox_id": outbox.id})
+                self.hooks.on_message_thrown(session, instance, event.event_definition.name, payload)
+
+    def _project_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
+        ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
+        open_rows = {row.id: row for row in session.scalars(
+            select(HumanTask).where(HumanTask.instance_id == instance.id, HumanTask.state == _OPEN))}
+        for task_id, row in open_rows.items():
+            if task_id in ready:
+                continue
+            if task_id in ctx.completed_human:
+                row.state, row.completed_at, row.completed_by = "completed", now, ctx.actor
+                self._history(session, instance, ctx.actor, "task_completed", element_id=row.element_id,
+                              detail={"task_id": task_id, "role": row.role,
+                                      "fields": sorted(ctx_fields(ctx, task_id))})
+                self.hooks.on_task_completed(session, row, ctx.actor)
+            else:
+                row.state, row.completed_at = "cancelled", now
+                self._history(session, instance, ctx.actor, "task_cancelled", element_id=row.element_id,
+                              detail={"task_id": task_id})
+        for task_id, task in ready.items():
+            if task_id in open_rows:
+                continue
+            element = ctx.cached.elements.get(task.task_spec.bpmn_id)
+            properties = dict(element.properties) if element else {}
+            role = self.hooks.resolve_lane(task.task_spec.lane) if task.task_spec.lane else None
+            routing = self.hooks.route_task(session, instance.business_key, role, element)
+            due_at = now + parse_duration(properties["due_in"]) if properties.get("due_in") else None
+            distinct_from_user = None
+            if properties.get("distinct_from"):
+                distinct_from_user = session.scalar(
+                    select(HumanTask.completed_by)
+                    .where(HumanTask.instance_id == instance.id,
+                           HumanTask.element_id == properties["distinct_from"],
+                           HumanTask.state == "completed")
+                    .order_by(HumanTask.completed_at.desc()).limit(1))
+                if distinct_from_user is None:
+                    distinct_from_user = _completed_in_step(ctx, properties["distinct_from"])
+            if routing.assignee and routing.assignee == distinct_from_user:
+                routing.assignee = None
+            row = HumanTask(
+                id=task_id, instance_id=instance.id, process_key=instance.process_key,
+                business_key=instance.business_key, element_id=task.task_spec.bpmn_id,
+                name=task.task_spec.bpmn_name or task.task_spec.bpmn_id, lane=task.task_spec.lane,
+                role=routing.role, org_unit=routing.org_unit, assignee=routing.assignee, state=_OPEN,
+                form=properties.get("form"), distinct_from_user=distinct_from_user, due_at=due_at,
+                created_at=now, claimed_at=now if routing.assignee else None, properties=properties,
+            )
+            session.add(row)
+            self._history(session, instance, ctx.actor, "task_ready", element_id=row.element_id,
+                          detail={"task_id": task_id, "role": routing.role, "org_unit": routing.org_unit,
+                                  "assignee": routing.assignee})
+        session.flush()
+
+    def _project_timers(self, session, instance, waiting) -> None:
+        wanted = {}
+        for task in waiting:
+            definition = getattr(task.task_spec, "event_definition", None)
+            if isinstance(definition, TimerEventDefinition):
+                due = _timer_due(task)
+                if due is not None:
+                    wanted[str(task.id)] = (task, due)
+        rows = {row.id: row for row in session.scalars(select(Timer).where(Timer.instance_id == instance.id))}
+        for timer_id in rows.keys() - wanted.keys():
+            session.execute(delete(Timer).where(Timer.id == timer_id))
+        for timer_id, (task, due) in wanted.items():
+            row = rows.get(timer_id)
+            if row is None:
+                session.add(Timer(id=timer_id, instance_id=instance.id, element_id=task.task_spec.bpmn_id,
+                                  due_at=due, status="waiting"))
+            elif row.due_at != due:
+                row.due_at, row.lease_owner, row.lease_until, row.status = due, None, None, "waiting"
+
+    def _project_subscriptions(self, session, instance, waiting) -> None:
+        wanted = {}
+        for task in waiting:
+            definition = getattr(task.task_spec, "event_definition", None)
+            if isinstance(definition, MessageEventDefinition):
+                wanted[str(task.id)] = (task, definition.name)
+        rows = set(session.scalars(select(MessageSubscription.id)
+                                   .where(MessageSubscription.instance_id == instance.id)))
+        for sub_id in rows - wanted.keys():
+            session.execute(delete(MessageSubscription).where(MessageSubscription.id == sub_id))
+        for sub_id, (task, name) in wanted.items():
+            if sub_id not in rows:
+                session.add(MessageSubscription(id=sub_id, instance_id=instance.id, name=name,
+                                                business_key=instance.business_key,
+                                                element_id=task.task_spec.bpmn_id))
+
+    # ------------------------------------------------------------------ outbox
+    def deliver_outbox(self, outbox_id: int) -> None:
+        """Route a thrown message; record it as unrouted when nothing receives it."""
+        with self.db.read() as session:
+            outbox = session.get(Outbox, outbox_id)
+            if outbox is None or outbox.status != "pending":
+                return
+            name, business_key, payload = outbox.name, outbox.business_key, dict(outbox.payload or {})
+            source = outbox.source_instance_id
+        try:
+            self.deliver_message(name, business_key, payload, actor=None, outbox_id=outbox_id)
+        except NotFound:
+            with self.db.write() as session:
+                done = session.execute(update(Outbox).where(Outbox.id == outbox_id, Outbox.status == "pending")
+                                       .values(status="unrouted", delivered_at=clock.now()))
+                if done.rowcount:
+                    self._history(session, None, None, "message_unrouted", instance_id=source,
+                                  business_key=business_key, detail={"name": name, "outbox_id": outbox_id})
+        except IncidentOpened:
+            log.warning("message %s (outbox %s) opened an incident on delivery", name, outbox_id)
+
+    def deliver_pending_outbox(self, limit: int = 100) -> int:
+        """Deliver messages whose sender crashed before delivering them."""
+        with self.db.read() as session:
+            ids = list(session.scalars(select(Outbox.id).where(Outbox.status == "pending")
+                                       .order_by(Outbox.id).limit(limit)))
+        for outbox_id in ids:
+            self.deliver_outbox(outbox_id)
+        return len(ids)
+
+    # --------------------------------------------------------------- incidents
+    def _record_incident(self, instance_id: int, action: dict, failure: _DiagramFailure, actor) -> int:
+        message = _failure_message(failure.error)
+        stored_action = {k: v for k, v in action.items() if k != "incident_id"}
+        with self.db.write() as session:
+            instance = session.get(Instance, instance_id)
+            if "incident_id" in action:
+                incident = session.get(Incident, action["incident_id"])
+                incident.attempts += 1
+                incident.message = message
+                incident_id = incident.id
+            else:
+                incident = Incident(instance_id=instance_id, element_id=failure.element_id,
+                                    error_type=failure.error.__class__.__name__, message=message,
+                                    action=stored_action, status=_OPEN, attempts=1, created_at=clock.now())
+                session.add(incident)
+                session.flush()
+                incident_id = incident.id
+            if action["kind"] == "timer":
+                # A failing timer must not be fired again and again by the workers.
+                session.execute(update(Timer).where(Timer.id == action["timer_id"]).values(status="incident"))
+            if "outbox_id" in action:
+                session.execute(update(Outbox).where(Outbox.id == action["outbox_id"])
+                                .values(status="incident", target_instance_id=instance_id))
+            self._history(session, instance, actor, "incident_opened", element_id=failure.element_id,
+                          detail={"incident_id": incident_id, "error": message[:300]})
+        log.warning("incident %s on instance %s at %s: %s", incident_id, instance_id, failure.element_id,
+                    failure.error.__class__.__name__)
+        return incident_id
+
+    # ----------------------------------------------------------------- history
+    def _history(self, session, instance: Instance | None, actor, event: str, element_id: str | None = None,
+                 detail: dict | None = None, instance_id: int | None = None, business_key: str | None = None):
+        session.add(HistoryEvent(
+            instance_id=instance.id if instance is not None else instance_id,
+            business_key=instance.business_key if instance is not None else business_key,
+            at=clock.now(), actor=actor, event=event, element_id=element_id, detail=detail or {},
+        ))
+
+
+def ctx_fields(ctx: StepContext, task_id: str) -> list[str]:
+    return ctx.__dict__.get("fields", {}).get(task_id, [])
+
+
+def _completed_in_step(ctx: StepContext, element_id: str) -> str | None:
+    return ctx.actor if element_id in ctx.completed_elements else None

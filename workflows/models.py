@@ -1,0 +1,144 @@
+"""Domain tables: users and memberships, cases, the access log, communications."""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from engine.db import Base
+from engine.models import BigId
+
+
+class User(Base):
+    __tablename__ = "app_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan",
+                                                         lazy="selectin")
+
+
+class Membership(Base):
+    """A user holds a role in an org unit (by unit code, see workflows.orgunits)."""
+
+    __tablename__ = "membership"
+    __table_args__ = (
+        UniqueConstraint("user_id", "role", "org_unit", name="uq_membership_user_role_unit"),
+        Index("ix_membership_role_unit", "role", "org_unit"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(50))
+    org_unit: Mapped[str] = mapped_column(String(100))
+    user: Mapped[User] = relationship(back_populates="memberships")
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Case(Base):
+    __tablename__ = "case_file"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(30), unique=True)
+    municipality: Mapped[str] = mapped_column(String(100), index=True)  # unit code
+    comarca: Mapped[str] = mapped_column(String(100), index=True)
+    section: Mapped[str] = mapped_column(String(100), index=True)
+    child_given_name: Mapped[str] = mapped_column(String(200))
+    child_family_name: Mapped[str] = mapped_column(String(200))
+    child_birth_date: Mapped[date | None] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(30), default="open")
+    legal_status: Mapped[str] = mapped_column(String(30), default="none")
+    severity: Mapped[str | None] = mapped_column(String(30))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    family: Mapped[list[FamilyMember]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    referents: Mapped[list[CaseReferent]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+
+
+class FamilyMember(Base):
+    __tablename__ = "family_member"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("case_file.id", ondelete="CASCADE"), index=True)
+    relation: Mapped[str] = mapped_column(String(50))
+    given_name: Mapped[str] = mapped_column(String(200))
+    family_name: Mapped[str] = mapped_column(String(200), default="")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+
+
+class CaseReferent(Base):
+    """The professional of reference for a role on a case (Llei 9/2019 arts. 93.1.u, 145)."""
+
+    __tablename__ = "case_referent"
+    __table_args__ = (UniqueConstraint("case_id", "role", name="uq_case_referent_case_role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("case_file.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(50))
+    username: Mapped[str] = mapped_column(String(100))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Notification(Base):
+    """What was reported. The reporter's identity is reserved (art. 95.5)."""
+
+    __tablename__ = "notification"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("case_file.id", ondelete="CASCADE"), index=True)
+    reporter_kind: Mapped[str] = mapped_column(String(30))
+    reporter: Mapped[dict] = mapped_column(JSON, default=dict)
+    description: Mapped[str] = mapped_column(Text)
+    submitted_by: Mapped[str | None] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Communication(Base):
+    """An outgoing communication recorded by a service task: what, to whom, when."""
+
+    __tablename__ = "communication"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_reference: Mapped[str] = mapped_column(String(30), index=True)
+    instance_id: Mapped[int | None] = mapped_column(Integer)
+    recipient: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(500))
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AccessLog(Base):
+    """Who read or changed which case, when. Append-only."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_case_at", "case_reference", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    case_reference: Mapped[str | None] = mapped_column(String(30))
+    action: Mapped[str] = mapped_column(String(50))
+    resource: Mapped[str] = mapped_column(String(200))
+
+
+class CaseCounter(Base):
+    """Next case number per year, for references like EXP-2026-000123."""
+
+    __tablename__ = "case_counter"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last: Mapped[int] = mapped_column(Integer, default=0)
