@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from engine.db import Base
+from engine.db import Base, UTCDateTime
 from engine.models import BigId
 
 
@@ -18,7 +18,7 @@ class User(Base):
     full_name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                          lazy="selectin")
 
@@ -45,8 +45,8 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -64,7 +64,7 @@ class Case(Base):
     status: Mapped[str] = mapped_column(String(30), default="open")
     legal_status: Mapped[str] = mapped_column(String(30), default="none")
     severity: Mapped[str | None] = mapped_column(String(30))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str | None] = mapped_column(String(100))
     family: Mapped[list[FamilyMember]] = relationship(cascade="all, delete-orphan", lazy="selectin")
     referents: Mapped[list[CaseReferent]] = relationship(cascade="all, delete-orphan", lazy="selectin")
@@ -91,7 +91,7 @@ class CaseReferent(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("case_file.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(50))
     username: Mapped[str] = mapped_column(String(100))
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Notification(Base):
@@ -105,7 +105,7 @@ class Notification(Base):
     reporter: Mapped[dict] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(Text)
     submitted_by: Mapped[str | None] = mapped_column(String(100))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Communication(Base):
@@ -118,7 +118,7 @@ class Communication(Base):
     instance_id: Mapped[int | None] = mapped_column(Integer)
     recipient: Mapped[str] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(String(500))
-    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AccessLog(Base):
@@ -128,7 +128,7 @@ class AccessLog(Base):
     __table_args__ = (Index("ix_access_log_case_at", "case_reference", "at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     username: Mapped[str] = mapped_column(String(100), index=True)
     case_reference: Mapped[str | None] = mapped_column(String(30))
     action: Mapped[str] = mapped_column(String(50))

@@ -2,7 +2,7 @@
 
 Revision ID: e0001
 Revises: 
-Create Date: 2026-11-23 03:35:40.551002
+Create Date: 2026-11-23 03:36:19.889012
 """
 from alembic import op
 import sqlalchemy as sa

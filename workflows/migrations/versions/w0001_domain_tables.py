@@ -2,7 +2,7 @@
 
 Revision ID: w0001
 Revises: 
-Create Date: 2026-11-23 03:35:43.128406
+Create Date: 2026-11-23 03:36:23.953629
 """
 from alembic import op
 import sqlalchemy as sa

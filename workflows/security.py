@@ -1,0 +1,163 @@
+"""Users, passwords, tokens and the principal: who is asking and what they may see.
+
+Need-to-know: a case is visible to a user holding a membership whose territory
+covers the case and who either supervises that territory, is a referent of the
+case, or holds a role that has (or had) a task on the case.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+
+from engine import clock
+from engine.errors import NotFound, Rejected
+
+from .models import ApiToken, Case, Membership, User
+from .orgunits import IMAS_CODE, UNITS, find_unit
+from .roles import COMARCA, IMAS, MUNICIPALITY, ROLES, SECTION, SYSTEM
+
+_hasher = PasswordHasher()
+TOKEN_LIFETIME = timedelta(hours=8)
+# Verifying against a dummy hash keeps the response time the same for unknown users.
+_DUMMY_HASH = _hasher.hash("camins-dummy-password")
+
+
+@dataclass(frozen=True)
+class Grant:
+    role: str
+    unit: str
+
+
+@dataclass
+class Principal:
+    username: str
+    grants: list[Grant] = field(default_factory=list)
+
+    def has_role(self, *roles: str) -> bool:
+        return any(g.role in roles for g in self.grants)
+
+    @property
+    def only_notifier(self) -> bool:
+        return bool(self.grants) and all(g.role == "notifier" for g in self.grants)
+
+    def queues(self) -> set[tuple[str, str]]:
+        return {(g.role, g.unit) for g in self.grants}
+
+    def covers(self, grant: Grant, case: Case) -> bool:
+        level = ROLES[grant.role].level
+        if level == MUNICIPALITY:
+            return grant.unit == case.municipality
+        if level == COMARCA:
+            return grant.unit == case.comarca
+        if level == SECTION:
+            return grant.unit == case.section
+        if level in (IMAS, SYSTEM):
+            return grant.unit == IMAS_CODE
+        return False
+
+    def supervises(self, case: Case) -> bool:
+        return any(ROLES[g.role].supervisor and self.covers(g, case) for g in self.grants)
+
+
+def scope_unit(role: str, case: Case) -> str | None:
+    """The org unit whose members of `role` are candidates for a task on `case`."""
+    level = ROLES[role].level if role in ROLES else None
+    return {
+        MUNICIPALITY: case.municipality,
+        COMARCA: case.comarca,
+        SECTION: case.section,
+        IMAS: IMAS_CODE,
+    }.get(level)
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def create_user(session, username: str, password: str, grants: list[tuple[str, str]], full_name: str = "") -> User:
+    """Create a user with memberships given as (role code, unit name or code)."""
+    if not username or len(username) > 100:
+        raise Rejected("username must be 1 to 100 characters")
+    if len(password) < 8:
+        raise Rejected("password must have at least 8 characters")
+    if session.scalar(select(User).where(User.username == username)):
+        raise Rejected(f"user '{username}' already exists")
+    user = User(username=username, full_name=full_name, password_hash=hash_password(password), active=True,
+                created_at=clock.now())
+    for role, unit_name in grants:
+        user.memberships.append(membership_for(role, unit_name))
+    session.add(user)
+    session.flush()
+    return user
+
+
+def membership_for(role: str, unit_name: str) -> Membership:
+    if role not in ROLES:
+        raise Rejected(f"unknown role '{role}'; known roles: {', '.join(sorted(ROLES))}")
+    unit = find_unit(unit_name)
+    if unit is None:
+        raise Rejected(f"unknown org unit '{unit_name}'")
+    expected = {MUNICIPALITY: "municipality", COMARCA: "comarca", SECTION: "section", IMAS: "imas",
+                SYSTEM: "imas"}.get(ROLES[role].level)
+    if expected and unit.kind != expected:
+        raise Rejected(f"role '{role}' belongs to a {expected}, but '{unit.name}' is a {unit.kind}")
+    return Membership(role=role, org_unit=unit.code)
+
+
+def authenticate(session, username: str, password: str) -> User | None:
+    user = session.scalar(select(User).where(User.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    return user if user is not None and user.active else None
+
+
+def issue_token(session, user: User) -> tuple[str, ApiToken]:
+    token = secrets.token_urlsafe(32)
+    now = clock.now()
+    row = ApiToken(token_hash=_digest(token), user_id=user.id, created_at=now, expires_at=now + TOKEN_LIFETIME)
+    session.add(row)
+    session.flush()
+    return token, row
+
+
+def principal_for_token(session, token: str) -> Principal:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    if row is None or row.revoked or row.expires_at <= clock.now():
+        raise NotFound("invalid or expired token")
+    user = session.get(User, row.user_id)
+    if user is None or not user.active:
+        raise NotFound("invalid or expired token")
+    return principal_for_user(user)
+
+
+def principal_for_user(user: User) -> Principal:
+    return Principal(user.username, [Grant(m.role, m.org_unit) for m in user.memberships])
+
+
+def revoke_token(session, token: str) -> None:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    if row is not None:
+        row.revoked = True
+
+
+def candidates(session, role: str, unit: str) -> list[str]:
+    return list(session.scalars(
+        select(User.username).join(Membership).where(Membership.role == role, Membership.org_unit == unit,
+                                                     User.active.is_(True)).order_by(User.username)))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def unit_name(code: str | None) -> str | None:
+    unit = UNITS.get(code or "")
+    return unit.name if unit else code
