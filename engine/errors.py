@@ -57,3 +57,15 @@ class IncidentOpened(EngineError):
         self.instance_id = instance_id
         self.element_id = element_id
         super().__init__(f"incident {incident_id} at {element_id or 'unknown element'}: {message}")
+
+
+class Forbidden(EngineError):
+    """The caller's role does not allow this action at all (HTTP 403)."""
+
+
+class Invalid(EngineError):
+    """Input that fails validation, with a message per field (HTTP 422)."""
+
+    def __init__(self, errors: dict[str, list[str]], message: str = "the submission is not valid"):
+        self.errors = errors
+        super().__init__(message)

@@ -7,6 +7,7 @@ step back and opens an incident that keeps the failed action for a retry.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextvars import ContextVar
@@ -315,7 +316,9 @@ class Engine:
             action = dict(incident.action)
             instance_id = incident.instance_id
         action["incident_id"] = incident_id
-        return self._step(instance_id, action, actor)
+        action["retried_by"] = actor
+        # The step acts for whoever made the original request; history records the retry.
+        return self._step(instance_id, action, action.pop("actor", None) or actor)
 
     # ---------------------------------------------------------- task ownership
     def claim(self, task_id: str, user: str, actor: str | None = None) -> None:
@@ -418,8 +421,9 @@ class Engine:
             self._history(session, instance, entry.pop("actor", actor), **entry)
         if "incident_id" in action:
             session.execute(update(Incident).where(Incident.id == action["incident_id"])
-                            .values(status="resolved", resolved_at=now, resolved_by=actor))
-            self._history(session, instance, actor, "incident_resolved", detail={"incident_id": action["incident_id"]})
+                            .values(status="resolved", resolved_at=now, resolved_by=action.get("retried_by", actor)))
+            self._history(session, instance, action.get("retried_by", actor), "incident_resolved",
+                          detail={"incident_id": action["incident_id"]})
         if "outbox_id" in action:
             session.execute(update(Outbox).where(Outbox.id == action["outbox_id"])
                             .values(status="delivered", delivered_at=now, target_instance_id=instance.id))
@@ -486,9 +490,14 @@ class Engine:
                      and getattr(c.task_spec, "bpmn_id", None)]
             ctx.history.append({"event": "gateway_taken", "element_id": bpmn_id, "detail": {"taken": taken}})
 
-    def _call_service(self, operation: str, params: dict, context: dict):
+    def _call_service(self, operation: str, params: dict, context: dict) -> str:
         ctx = _current_step.get()
-        return self.hooks.call_service(ctx.session, ctx.instance, operation, params)
+        # Spiff hands over evaluated parameters as {"value": ..., "type": ...}
+        # and expects the result as a JSON string.
+        values = {k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
+                  for k, v in (params or {}).items()}
+        result = self.hooks.call_service(ctx.session, ctx.instance, operation, values)
+        return json.dumps(result)
 
     # ------------------------------------------------------------ projections
     def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now) -> None:
@@ -628,7 +637,8 @@ class Engine:
     # --------------------------------------------------------------- incidents
     def _record_incident(self, instance_id: int, action: dict, failure: _DiagramFailure, actor) -> int:
         message = _failure_message(failure.error)
-        stored_action = {k: v for k, v in action.items() if k != "incident_id"}
+        stored_action = {k: v for k, v in action.items() if k not in ("incident_id", "retried_by")}
+        stored_action["actor"] = actor
         with self.db.write() as session:
             instance = session.get(Instance, instance_id)
             if "incident_id" in action:

@@ -1,0 +1,217 @@
+"""The `camins` command: demo, serve, worker, db upgrade, deploy, validate, users."""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from engine.bundle import BundleFile, bundles_from_directory
+from engine.errors import DeployError, EngineError
+from workflows.pathways import BUNDLED_DIAGRAMS
+from workflows.roles import ROLES
+
+from . import REPO_ROOT, database_url
+
+
+def _camins():
+    from workflows.service import Camins
+    return Camins(database_url())
+
+
+def _bundles(path: Path) -> list[list[BundleFile]]:
+    path = Path(path)
+    if path.is_dir():
+        return bundles_from_directory(path)
+    if path.suffix != ".bpmn":
+        raise click.BadParameter("give a directory or a .bpmn file", param_hint="PATH")
+    bundle = bundles_from_directory(path.parent)
+    chosen = [b for b in bundle if b[0].name == path.name]
+    return chosen
+
+
+def _print_deploy_error(err: DeployError) -> None:
+    click.echo(click.style("rejected:", fg="red"), err=True)
+    for problem in err.problems:
+        click.echo(f"  {problem}", err=True)
+
+
+@click.group(help="camins: BPMN pathways for child protection in Mallorca. "
+                  "The database is CAMINS_DATABASE_URL (default: an SQLite file under instance/).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group(help="Database schema.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Apply every pending migration.")
+def db_upgrade() -> None:
+    camins = _camins()
+    camins.upgrade_schema()
+    click.echo(f"database at head: {_safe_url(camins.db.url)}")
+
+
+@main.command(help="Check diagrams (a directory or a .bpmn file) without deploying them.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def validate(path: Path) -> None:
+    from engine.runtime import Engine
+    from workflows.hooks import DomainHooks
+    from engine.bundle import compile_bundle
+
+    hooks = DomainHooks()
+    failed = False
+    for files in _bundles(path):
+        try:
+            compiled = compile_bundle(files, hooks.resolve_lane, hooks.check_form)
+            click.echo(f"ok  {compiled.process_key}  ({', '.join(f.name for f in compiled.files)})")
+        except DeployError as err:
+            failed = True
+            click.echo(f"bad {files[0].name}", err=True)
+            _print_deploy_error(err)
+    del Engine
+    sys.exit(1 if failed else 0)
+
+
+@main.command(help="Deploy diagrams (a directory or a .bpmn file). Unchanged content keeps its version.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def deploy(path: Path) -> None:
+    camins = _camins()
+    bundles = _bundles(path)
+    try:
+        for files in bundles:
+            camins.engine.validate(files)
+        for files in bundles:
+            definition, created = camins.engine.deploy(files, "cli")
+            state = "deployed" if created else "unchanged"
+            click.echo(f"{definition.process_key} v{definition.version} {state}")
+    except DeployError as err:
+        _print_deploy_error(err)
+        sys.exit(1)
+
+
+@main.group(help="Users and their memberships.")
+def users() -> None:
+    pass
+
+
+@users.command("create", help="Create a user holding ROLE in UNIT (e.g. Manacor, Raiguer, 'IMAS Llevant', IMAS).")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(sorted(ROLES)), help="Role code.")
+@click.option("--unit", required=True, help="Org unit by name: a municipality, comarca, IMAS section or IMAS.")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="At least 8 characters.")
+@click.option("--full-name", default="", help="Display name.")
+def users_create(username, role, unit, password, full_name) -> None:
+    try:
+        _camins().create_user(username, password, [(role, unit)], full_name)
+    except EngineError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"created {username} ({role} in {unit})")
+
+
+@users.command("add-role", help="Give an existing user another role in a unit.")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(sorted(ROLES)))
+@click.option("--unit", required=True)
+def users_add_role(username, role, unit) -> None:
+    try:
+        _camins().add_membership(username, role, unit)
+    except EngineError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{username} now also holds {role} in {unit}")
+
+
+@main.command(help="Run the API server (gunicorn).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class _App(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            from . import create_app
+            return create_app()
+
+    _App().run()
+
+
+@main.command(help="Run the background worker: fires due timers, delivers pending messages.")
+@click.option("--poll", default=5.0, show_default=True, type=float, help="Seconds between looks for due timers.")
+def worker(poll: float) -> None:
+    from tasks.worker import build_scheduler
+
+    camins = _camins()
+    scheduler = build_scheduler(camins.engine, poll_seconds=poll, blocking=True)
+    click.echo(f"worker {scheduler.worker.owner} polling every {poll}s (Ctrl-C to stop)")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+
+
+@main.command(help="Run the demo: SQLite file, bundled pathways, demo users and cases, server and scheduler.")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--fresh/--keep", default=True, show_default=True, help="Start from an empty demo database.")
+@click.option("--no-serve", is_flag=True, help="Prepare the database and exit (for scripts).")
+def demo(port: int, host: str, fresh: bool, no_serve: bool) -> None:
+    import os
+
+    from tasks.worker import build_scheduler
+    from workflows.demo import DEMO_PASSWORD, seed_demo
+    from workflows.service import Camins
+
+    from . import create_app
+
+    db_file = REPO_ROOT / "instance" / "demo.db"
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db_file) + suffix).unlink(missing_ok=True)
+    url = os.environ.get("CAMINS_DATABASE_URL") or f"sqlite:///{db_file}"
+    camins = Camins(url)
+    camins.upgrade_schema()
+    for definition, created in camins.deploy_directory(BUNDLED_DIAGRAMS):
+        click.echo(f"pathway {definition.process_key} v{definition.version} {'deployed' if created else 'unchanged'}")
+    users_table, cases = seed_demo(camins, fresh=fresh)
+    click.echo(f"\nDemo users (password for all: {DEMO_PASSWORD}):")
+    for username, role, unit in users_table:
+        click.echo(f"  {username:<24} {role:<26} {unit}")
+    click.echo("\nDemo cases:")
+    for reference, stage in cases:
+        click.echo(f"  {reference}  {stage}")
+    if no_serve:
+        return
+    scheduler = build_scheduler(camins.engine, poll_seconds=5)
+    scheduler.start()
+    click.echo(f"\nServing on http://{host}:{port}/  (API docs: http://{host}:{port}/api/docs)")
+    app = create_app(camins)
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its password, for printing."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url
+
+
+_ = threading

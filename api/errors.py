@@ -1,0 +1,86 @@
+"""Every error leaves as application/problem+json (RFC 9457)."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from engine.errors import Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound, Rejected
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra):
+    body = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update({k: v for k, v in extra.items() if v is not None})
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = PROBLEM
+    return response
+
+
+def _flatten(messages, prefix="") -> dict[str, list[str]]:
+    """webargs nests errors by location and field; users want 'field.sub': [messages]."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                flat.update(_flatten(value, name))
+            else:
+                flat[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
+    return flat
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(Invalid)
+    def _invalid(err: Invalid):
+        return problem(422, "Invalid input", str(err), errors=err.errors)
+
+    @app.errorhandler(Rejected)
+    def _rejected(err):
+        return problem(422, "Rejected", str(err))
+
+    @app.errorhandler(DeployError)
+    def _deploy(err: DeployError):
+        return problem(422, "Invalid bundle", str(err), problems=[p.as_dict() for p in err.problems])
+
+    @app.errorhandler(NotFound)
+    def _not_found(err):
+        return problem(404, "Not found", str(err))
+
+    @app.errorhandler(Forbidden)
+    def _forbidden(err):
+        return problem(403, "Forbidden", str(err))
+
+    @app.errorhandler(Conflict)
+    def _conflict(err):
+        return problem(409, "Conflict", str(err))
+
+    @app.errorhandler(IncidentOpened)
+    def _incident(err: IncidentOpened):
+        return problem(409, "Incident", "The process could not continue; an incident was opened and your "
+                       "submission is kept with it so that a retry applies it. " + str(err),
+                       incident_id=err.incident_id, instance_id=err.instance_id, element_id=err.element_id)
+
+    @app.errorhandler(HTTPException)
+    def _http(err: HTTPException):
+        errors = None
+        data = getattr(err, "data", None) or {}
+        if "messages" in data:
+            nested = data["messages"]
+            # Drop the location level (json, query, form, files) that webargs adds.
+            merged = {}
+            for value in nested.values():
+                merged.update(value if isinstance(value, dict) else {"_schema": value})
+            errors = _flatten(merged)
+        return problem(err.code or 500, err.name, data.get("message") or err.description, errors=errors)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        log.exception("unexpected error (%s)", err.__class__.__name__)
+        return problem(500, "Internal Server Error", "An unexpected error happened; it has been logged.")

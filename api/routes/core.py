@@ -1,0 +1,213 @@
+"""The API's blueprints. Each view checks its input with a schema and calls the service."""
+from __future__ import annotations
+
+from flask import g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from engine.bundle import BundleFile
+from engine.errors import Invalid
+
+from .. import schemas as s
+from ..auth import authenticated, camins
+
+auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
+notifications_blp = Blueprint("notifications", __name__, url_prefix="/api/notifications",
+                              description="Notifications of a child at risk")
+tasks_blp = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="The inbox and task actions")
+cases_blp = Blueprint("cases", __name__, url_prefix="/api/cases", description="Cases (need-to-know, logged)")
+instances_blp = Blueprint("instances", __name__, url_prefix="/api/instances", description="Pathway instances")
+definitions_blp = Blueprint("definitions", __name__, url_prefix="/api/definitions",
+                            description="Deployed pathway diagrams")
+messages_blp = Blueprint("messages", __name__, url_prefix="/api/messages",
+                         description="Acts of external parties, delivered to a case")
+incidents_blp = Blueprint("incidents", __name__, url_prefix="/api/incidents", description="Incidents")
+
+BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
+              incidents_blp]
+MAX_UPLOAD_FILES = 100
+
+
+def _page(page) -> dict:
+    return {"items": page.items, "total": page.total, "page": page.page, "per_page": page.per_page}
+
+
+@auth_blp.route("/token")
+class TokenView(MethodView):
+    @auth_blp.arguments(s.TokenRequest)
+    @auth_blp.response(200, s.TokenResponse)
+    @auth_blp.doc(security=[])
+    def post(self, body):
+        """Exchange a username and password for a bearer token."""
+        token, expires_at = camins().login(body["username"], body["password"])
+        return {"access_token": token, "token_type": "Bearer", "expires_at": expires_at}
+
+
+@auth_blp.route("/logout")
+class LogoutView(MethodView):
+    @auth_blp.response(204)
+    @authenticated
+    def post(self):
+        """Revoke the token used for this request."""
+        camins().logout(g.token)
+
+
+@notifications_blp.route("")
+class NotificationsView(MethodView):
+    @notifications_blp.arguments(s.NotificationRequest)
+    @notifications_blp.response(201, s.NotificationResponse)
+    @authenticated
+    def post(self, body):
+        """Notify a child at risk: opens a case and starts the detection pathway."""
+        return camins().submit_notification(g.principal, body["municipality"], body["child"], body["reporter"],
+                                            body["description"])
+
+
+@tasks_blp.route("")
+class TasksView(MethodView):
+    @tasks_blp.arguments(s.TaskFilterArgs, location="query")
+    @tasks_blp.response(200, s.TaskPage)
+    @authenticated
+    def get(self, args):
+        """What the caller may work on: assigned to them, or in a queue of their role and territory."""
+        return _page(camins().inbox(g.principal, process_key=args.get("pathway"), case_reference=args.get("case"),
+                                    due_before=args.get("due_before"), overdue=args["overdue"],
+                                    mine=args["mine"], page=args["page"], per_page=args["per_page"]))
+
+
+@tasks_blp.route("/<string:task_id>")
+class TaskView(MethodView):
+    @tasks_blp.response(200, s.TaskDetail)
+    @authenticated
+    def get(self, task_id):
+        """One task with its form."""
+        return camins().get_task(g.principal, task_id)
+
+
+@tasks_blp.route("/<string:task_id>/claim")
+class ClaimView(MethodView):
+    @tasks_blp.response(200, s.TaskDetail)
+    @authenticated
+    def post(self, task_id):
+        """Take a task from the role queue."""
+        return camins().claim(g.principal, task_id)
+
+
+@tasks_blp.route("/<string:task_id>/unclaim")
+class UnclaimView(MethodView):
+    @tasks_blp.response(200, s.TaskDetail)
+    @authenticated
+    def post(self, task_id):
+        """Give a claimed task back to its queue."""
+        return camins().unclaim(g.principal, task_id)
+
+
+@tasks_blp.route("/<string:task_id>/complete")
+class CompleteView(MethodView):
+    @tasks_blp.arguments(s.CompleteRequest)
+    @tasks_blp.response(200, s.CompleteResponse)
+    @authenticated
+    def post(self, body, task_id):
+        """Complete a task with its form data (422 names each bad field; 409 if someone was faster)."""
+        return camins().complete(g.principal, task_id, body["data"])
+
+
+@tasks_blp.route("/<string:task_id>/reassign")
+class ReassignView(MethodView):
+    @tasks_blp.arguments(s.ReassignRequest)
+    @tasks_blp.response(200, s.TaskDetail)
+    @authenticated
+    def post(self, body, task_id):
+        """Supervisors: give the task to another candidate, or back to the queue (username null)."""
+        return camins().reassign(g.principal, task_id, body["username"])
+
+
+@cases_blp.route("/<string:reference>")
+class CaseView(MethodView):
+    @cases_blp.response(200, s.CaseView)
+    @authenticated
+    def get(self, reference):
+        """A case: child, municipality, instances, open tasks, history. Out of scope answers 404."""
+        return camins().get_case(g.principal, reference)
+
+
+@instances_blp.route("")
+class InstancesView(MethodView):
+    @instances_blp.arguments(s.StartInstanceRequest)
+    @instances_blp.response(201, s.InstanceView)
+    @authenticated
+    def post(self, body):
+        """Start a pathway for a case (supervisors of its territory, analysts)."""
+        return camins().start_instance(g.principal, body["process_key"], body["case_reference"], body["data"])
+
+
+@instances_blp.route("/<int:instance_id>")
+class InstanceView(MethodView):
+    @instances_blp.response(200, s.InstanceView)
+    @authenticated
+    def get(self, instance_id):
+        """Active and completed elements, waiting timers and messages, incidents."""
+        return camins().get_instance(g.principal, instance_id)
+
+
+def _uploaded_bundle() -> list[BundleFile]:
+    uploads = request.files.getlist("files")
+    if not uploads:
+        raise Invalid({"files": ["send the bundle as multipart/form-data, one 'files' part per file"]})
+    if len(uploads) > MAX_UPLOAD_FILES:
+        raise Invalid({"files": [f"at most {MAX_UPLOAD_FILES} files"]})
+    return [BundleFile(u.filename or "unnamed", u.read()) for u in uploads]
+
+
+_BUNDLE_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "required": ["files"]}}}}}
+
+
+@definitions_blp.route("")
+class DefinitionsView(MethodView):
+    @definitions_blp.arguments(s.PageArgs, location="query")
+    @definitions_blp.response(200, s.DefinitionPage)
+    @authenticated
+    def get(self, args):
+        """Deployed definitions, newest version first."""
+        return _page(camins().list_definitions(g.principal, args["page"], args["per_page"]))
+
+    @definitions_blp.response(201, s.DeployResponse)
+    @definitions_blp.doc(**_BUNDLE_DOC)
+    @authenticated
+    def post(self):
+        """Deploy a bundle (analysts). Identical content keeps its version; a change makes the next one."""
+        definition, created = camins().deploy_bundle(g.principal, _uploaded_bundle())
+        return {"id": definition.id, "process_key": definition.process_key, "version": definition.version,
+                "created": created}
+
+
+@definitions_blp.route("/validate")
+class ValidateView(MethodView):
+    @definitions_blp.response(200, s.ValidateResponse)
+    @definitions_blp.doc(**_BUNDLE_DOC)
+    @authenticated
+    def post(self):
+        """Run every deploy check on a bundle without deploying it (analysts)."""
+        result = camins().validate_bundle(g.principal, _uploaded_bundle())
+        return {"valid": True, **result}
+
+
+@messages_blp.route("")
+class MessagesView(MethodView):
+    @messages_blp.arguments(s.MessageRequest)
+    @messages_blp.response(202, s.MessageResponse)
+    @authenticated
+    def post(self, body):
+        """Deliver an external act (court ruling, consent, hearing) to the case's waiting pathway."""
+        return camins().send_message(g.principal, body["name"], body["case_reference"], body["payload"])
+
+
+@incidents_blp.route("/<int:incident_id>/retry")
+class RetryView(MethodView):
+    @incidents_blp.response(200, s.RetryResponse)
+    @authenticated
+    def post(self, incident_id):
+        """Replay the failed step of an incident (supervisors, analysts)."""
+        return camins().retry_incident(g.principal, incident_id)

@@ -1,0 +1,244 @@
+"""Marshmallow schemas for every request and response of the API."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class TokenRequest(StrictSchema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=200), load_only=True)
+
+
+class TokenResponse(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True)
+    expires_at = fields.DateTime(required=True)
+
+
+class ChildSchema(StrictSchema):
+    given_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    family_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    birth_date = fields.Date(required=True)
+
+
+class ReporterSchema(StrictSchema):
+    kind = fields.String(required=True, validate=validate.OneOf(REPORTER_KINDS))
+    anonymous = fields.Boolean(load_default=False)
+    name = fields.String(validate=validate.Length(max=200))
+    organisation = fields.String(validate=validate.Length(max=200))
+    phone = fields.String(validate=validate.Length(max=50))
+    email = fields.Email()
+
+
+class NotificationRequest(StrictSchema):
+    municipality = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    child = fields.Nested(ChildSchema, required=True)
+    reporter = fields.Nested(ReporterSchema, required=True)
+    description = fields.String(required=True, validate=validate.Length(min=1, max=10000))
+
+
+class NotificationResponse(Schema):
+    case_reference = fields.String(required=True)
+    instance_id = fields.Integer(required=True)
+    incident_id = fields.Integer(allow_none=True)
+
+
+class PageArgs(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+
+
+class TaskFilterArgs(PageArgs):
+    pathway = fields.String(validate=validate.Length(max=100))
+    case = fields.String(validate=validate.Length(max=30))
+    due_before = fields.AwareDateTime(default_timezone=None)
+    overdue = fields.Boolean(load_default=False)
+    mine = fields.Boolean(load_default=False)
+
+
+class TaskSummary(Schema):
+    id = fields.String(required=True)
+    case_reference = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(allow_none=True)
+    org_unit = fields.String(allow_none=True)
+    assignee = fields.String(allow_none=True)
+    due_at = fields.DateTime(allow_none=True)
+    overdue = fields.Boolean()
+    state = fields.String()
+    process_key = fields.String()
+    element_id = fields.String()
+    instance_id = fields.Integer()
+    created_at = fields.DateTime()
+
+
+class PageMeta(Schema):
+    total = fields.Integer(required=True)
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+
+
+class TaskPage(PageMeta):
+    items = fields.List(fields.Nested(TaskSummary), required=True)
+
+
+class ChildView(Schema):
+    given_name = fields.String()
+    family_name = fields.String()
+    birth_date = fields.Date(allow_none=True)
+
+
+class TaskDetail(TaskSummary):
+    form = fields.Dict(allow_none=True)
+    completed_by = fields.String(allow_none=True)
+    legal_basis = fields.String(allow_none=True)
+    child = fields.Nested(ChildView)
+    candidates = fields.List(fields.String())
+
+
+class CompleteRequest(StrictSchema):
+    data = fields.Dict(keys=fields.String(), required=True)
+
+
+class CompleteResponse(Schema):
+    task_id = fields.String()
+    instance_id = fields.Integer()
+    instance_status = fields.String()
+
+
+class ReassignRequest(StrictSchema):
+    username = fields.String(required=True, allow_none=True, validate=validate.Length(min=1, max=100))
+
+
+class HistoryItem(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    actor = fields.String(allow_none=True)
+    event = fields.String()
+    element_id = fields.String(allow_none=True)
+    instance_id = fields.Integer(allow_none=True)
+    detail = fields.Dict()
+
+
+class InstanceSummary(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer()
+    status = fields.String()
+    started_at = fields.DateTime()
+    ended_at = fields.DateTime(allow_none=True)
+    active_elements = fields.List(fields.String())
+
+
+class CaseView(Schema):
+    reference = fields.String()
+    child = fields.Nested(ChildView)
+    family = fields.List(fields.Dict())
+    municipality = fields.String()
+    comarca = fields.String()
+    section = fields.String()
+    status = fields.String()
+    legal_status = fields.String()
+    severity = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    referents = fields.List(fields.Dict())
+    instances = fields.List(fields.Nested(InstanceSummary))
+    open_tasks = fields.List(fields.Nested(TaskSummary))
+    history = fields.List(fields.Nested(HistoryItem))
+    communications = fields.List(fields.Dict())
+
+
+class TimerView(Schema):
+    id = fields.String()
+    element_id = fields.String()
+    due_at = fields.DateTime()
+    status = fields.String()
+
+
+class IncidentView(Schema):
+    id = fields.Integer()
+    element_id = fields.String(allow_none=True)
+    error_type = fields.String()
+    message = fields.String()
+    status = fields.String()
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+
+
+class InstanceView(InstanceSummary):
+    case_reference = fields.String()
+    completed_elements = fields.List(fields.String())
+    version_counter = fields.Integer()
+    timers = fields.List(fields.Nested(TimerView))
+    messages = fields.List(fields.Dict())
+    incidents = fields.List(fields.Nested(IncidentView))
+    incident_id = fields.Integer(allow_none=True)
+
+
+class StartInstanceRequest(StrictSchema):
+    process_key = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    case_reference = fields.String(required=True, validate=validate.Length(min=1, max=30))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class DefinitionView(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer()
+    name = fields.String()
+    status = fields.String()
+    content_hash = fields.String()
+    deployed_at = fields.DateTime()
+    deployed_by = fields.String(allow_none=True)
+    files = fields.List(fields.String())
+    running_instances = fields.Integer()
+
+
+class DefinitionPage(PageMeta):
+    items = fields.List(fields.Nested(DefinitionView), required=True)
+
+
+class DeployResponse(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer()
+    created = fields.Boolean()
+
+
+class ValidateResponse(Schema):
+    valid = fields.Boolean()
+    process_key = fields.String()
+    name = fields.String()
+    content_hash = fields.String()
+    files = fields.List(fields.String())
+
+
+class BundleUpload(Schema):
+    files = fields.List(fields.Raw(metadata={"type": "string", "format": "binary"}), required=True)
+
+
+class MessageRequest(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    case_reference = fields.String(required=True, validate=validate.Length(min=1, max=30))
+    payload = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class MessageResponse(Schema):
+    name = fields.String()
+    case_reference = fields.String()
+    instance_ids = fields.List(fields.Integer())
+
+
+class RetryResponse(Schema):
+    instance_id = fields.Integer()
+    instance_status = fields.String()

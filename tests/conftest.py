@@ -1,0 +1,155 @@
+"""Fixtures: every database test runs on SQLite and on PostgreSQL, over real HTTP where users would.
+
+PostgreSQL tests need the server on 127.0.0.1:5432 (CAMINS_TEST_PG_URL to change it). They skip
+when it is down, except in CI (CI=true), where they fail instead.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
+
+from api import create_app
+from engine import clock
+from engine.clock import ManualClock
+from engine.db import Base
+from workflows.demo import DEMO_PASSWORD, create_demo_users
+from workflows.pathways import BUNDLED_DIAGRAMS
+from workflows.service import Camins
+
+PG_SERVER = os.environ.get("CAMINS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+START = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+# Users and their tokens are made once per database; everything else is emptied between tests.
+KEEP_TABLES = {"app_user", "membership", "api_token", "alembic_version"}
+
+
+def _pg_reachable() -> bool:
+    try:
+        engine = create_engine(PG_SERVER, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request, tmp_path_factory):
+    clock.set_clock(ManualClock(START))
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'camins.db'}"
+        _prepare(url)
+        yield url
+        return
+    if not _pg_reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"camins_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
+    try:
+        _prepare(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _prepare(url: str) -> None:
+    camins = Camins(url)
+    camins.upgrade_schema()
+    create_demo_users(camins)
+    camins.close()
+
+
+def _empty_tables(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEEP_TABLES]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f'DELETE FROM "{table}"'))
+            conn.execute(text("DELETE FROM sqlite_sequence")) if _has_sqlite_sequence(conn) else None
+    engine.dispose()
+
+
+def _has_sqlite_sequence(conn) -> bool:
+    return conn.execute(text("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'")).first() is not None
+
+
+@pytest.fixture
+def manual_clock():
+    moment = ManualClock(START)
+    clock.set_clock(moment)
+    return moment
+
+
+@pytest.fixture
+def camins(database_url, manual_clock):
+    _empty_tables(database_url)
+    instance = Camins(database_url)
+    instance.deploy_directory(BUNDLED_DIAGRAMS)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def is_postgres(database_url) -> bool:
+    return database_url.startswith("postgresql")
+
+
+class Http:
+    """A user of the API over real HTTP."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.tokens: dict[str, str] = {}
+
+    def login(self, username: str, password: str = DEMO_PASSWORD) -> str:
+        if username not in self.tokens:
+            response = requests.post(f"{self.base}/api/auth/token",
+                                     json={"username": username, "password": password}, timeout=30)
+            assert response.status_code == 200, response.text
+            self.tokens[username] = response.json()["access_token"]
+        return self.tokens[username]
+
+    def call(self, method: str, path: str, user: str | None = None, **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if user:
+            headers["Authorization"] = f"Bearer {self.login(user)}"
+        return requests.request(method, f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+
+    def get(self, path, user=None, **kw):
+        return self.call("GET", path, user, **kw)
+
+    def post(self, path, user=None, **kw):
+        return self.call("POST", path, user, **kw)
+
+
+@pytest.fixture
+def server(camins):
+    app = create_app(camins, {"TESTING": True})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def http(server) -> Http:
+    return Http(server)

@@ -1,0 +1,86 @@
+"""The domain's answers to the engine: lanes → roles, routing, service tasks, hand-offs."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from engine import clock
+from engine.hooks import EngineHooks, Routing
+
+from .forms import FormDefinitionError, parse_form
+from .models import Case, CaseReferent, Communication, Membership, User
+from .pathways import HANDOFFS, SEVERITIES
+from .roles import ROLES, role_for_lane
+from .security import scope_unit
+
+# Roles whose tasks go to a body or a supervisor rather than a continuing professional.
+_NO_CONTINUITY = {"commission_risk", "commission_guardianship", "sscb_coordinator", "imas_section_head"}
+
+
+class DomainHooks(EngineHooks):
+    def resolve_lane(self, lane_name: str) -> str | None:
+        return role_for_lane(lane_name)
+
+    def check_form(self, name: str, content: bytes) -> None:
+        try:
+            parse_form(content, name)
+        except FormDefinitionError as err:
+            raise ValueError(str(err)) from None
+
+    def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
+        case = _case(session, business_key)
+        if case is None or role is None:
+            return Routing(role=role, org_unit=None)
+        unit = scope_unit(role, case)
+        return Routing(role=role, org_unit=unit, assignee=self._referent(session, case, role, unit))
+
+    def _referent(self, session, case: Case, role: str, unit: str | None) -> str | None:
+        """Continuity of the professional: the referent gets the task if they still hold the role there."""
+        referent = session.scalar(select(CaseReferent.username)
+                                  .where(CaseReferent.case_id == case.id, CaseReferent.role == role))
+        if referent is None:
+            return None
+        still_there = session.scalar(
+            select(Membership.id).join(User)
+            .where(User.username == referent, User.active.is_(True), Membership.role == role,
+                   Membership.org_unit == unit))
+        return referent if still_there else None
+
+    def call_service(self, session, instance, operation: str, params: dict):
+        if operation != "record_communication":
+            raise ValueError(f"unknown service operation '{operation}'")
+        recipient = str(params.get("recipient") or "").strip()
+        subject = str(params.get("subject") or "").strip()
+        if not recipient or not subject:
+            raise ValueError("record_communication needs a recipient and a subject")
+        sent_at = clock.now()
+        session.add(Communication(case_reference=instance.business_key, instance_id=instance.id,
+                                  recipient=recipient[:200], subject=subject[:500], sent_at=sent_at))
+        return {"recipient": recipient[:200], "sent_at": sent_at.isoformat()}
+
+    def on_task_completed(self, session, human_task, actor: str | None) -> None:
+        role = human_task.role
+        if not actor or role not in ROLES or role in _NO_CONTINUITY:
+            return
+        case = _case(session, human_task.business_key)
+        if case is None:
+            return
+        exists = session.scalar(select(CaseReferent.id)
+                                .where(CaseReferent.case_id == case.id, CaseReferent.role == role))
+        if exists is None:
+            session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
+
+    def on_message_thrown(self, session, instance, name: str, payload: dict) -> None:
+        case = _case(session, instance.business_key)
+        if case is None or name not in HANDOFFS:
+            return
+        status, legal_status = HANDOFFS[name]
+        case.status = status
+        if legal_status:
+            case.legal_status = legal_status
+        severity = payload.get("gravetat") if isinstance(payload, dict) else None
+        if severity in SEVERITIES:
+            case.severity = severity
+
+
+def _case(session, reference: str) -> Case | None:
+    return session.scalar(select(Case).where(Case.reference == reference))

@@ -1,0 +1,20 @@
+"""The pathway catalogue: bundled diagrams and what their hand-off messages mean for a case."""
+from __future__ import annotations
+
+from pathlib import Path
+
+BUNDLED_DIAGRAMS = Path(__file__).resolve().parent.parent / "bpmn"
+
+# The pathway a new notification starts.
+NOTIFICATION_PATHWAY = "deteccio"
+
+# Hand-off message → (case status, legal status or None to keep it).
+HANDOFFS: dict[str, tuple[str, str | None]] = {
+    "investigacio_iniciada": ("investigation", None),
+    "proteccio_urgent": ("urgent_protection", "guarda_provisional"),
+    "valoracio_sense_risc": ("closed_no_risk", None),
+    "derivacio_intervencio_municipal": ("municipal_intervention", None),
+    "derivacio_proteccio_imas": ("imas_protection", None),
+}
+
+SEVERITIES = ("sense_risc", "lleu", "moderat", "greu", "desemparament")

@@ -1,0 +1,453 @@
+"""The application service: every use case the API offers, with its authorization.
+
+The API layer only translates HTTP to these calls; all rules live here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from sqlalchemy import and_, func, or_, select
+
+from engine import clock
+from engine.bundle import BundleFile, bundles_from_directory
+from engine.db import Database
+from engine.errors import Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound
+from engine.migrate import upgrade
+from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
+from engine.runtime import Engine
+
+from . import security
+from .forms import SubmissionInvalid, form_fields, validate_submission
+from .hooks import DomainHooks
+from .models import AccessLog, Case, CaseCounter, CaseReferent, Communication, FamilyMember, Notification, User
+from .orgunits import find_unit
+from .pathways import BUNDLED_DIAGRAMS, NOTIFICATION_PATHWAY
+from .security import Principal
+
+DOMAIN_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
+REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
+NOTIFYING_ROLES = ("notifier", "sscb_admin", "sscb_social_worker", "sscb_coordinator", "imas_intake")
+MAX_PER_PAGE = 200
+
+
+@dataclass
+class Page:
+    items: list
+    total: int
+    page: int
+    per_page: int
+
+
+class Camins:
+    """One per process: the database, the engine and the domain rules."""
+
+    def __init__(self, database_url: str, script_time_limit: float = 1.0):
+        self.db = Database(database_url)
+        self.hooks = DomainHooks()
+        self.engine = Engine(self.db, self.hooks, script_time_limit=script_time_limit)
+
+    def upgrade_schema(self) -> None:
+        upgrade(self.db.url, [DOMAIN_MIGRATIONS])
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # ------------------------------------------------------------ auth
+    def login(self, username: str, password: str) -> tuple[str, datetime]:
+        with self.db.write() as session:
+            user = security.authenticate(session, username, password)
+            if user is None:
+                raise Forbidden("wrong username or password")
+            token, row = security.issue_token(session, user)
+            return token, row.expires_at
+
+    def principal(self, token: str) -> Principal:
+        with self.db.read() as session:
+            return security.principal_for_token(session, token)
+
+    def logout(self, token: str) -> None:
+        with self.db.write() as session:
+            security.revoke_token(session, token)
+
+    def create_user(self, username: str, password: str, grants: list[tuple[str, str]], full_name: str = "") -> None:
+        with self.db.write() as session:
+            security.create_user(session, username, password, grants, full_name)
+
+    def add_membership(self, username: str, role: str, unit: str) -> None:
+        with self.db.write() as session:
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None:
+                raise NotFound(f"user '{username}' not found")
+            user.memberships.append(security.membership_for(role, unit))
+
+    # ------------------------------------------------------------ definitions
+    def _require_analyst(self, principal: Principal) -> None:
+        if not principal.has_role("analyst"):
+            raise Forbidden("only analysts may validate or deploy diagrams")
+
+    def validate_bundle(self, principal: Principal | None, files: list[BundleFile]) -> dict:
+        if principal is not None:
+            self._require_analyst(principal)
+        compiled = self.engine.validate(files)
+        return {"process_key": compiled.process_key, "name": compiled.name, "content_hash": compiled.content_hash,
+                "files": [f.name for f in compiled.files]}
+
+    def deploy_bundle(self, principal: Principal | None, files: list[BundleFile]) -> tuple[Definition, bool]:
+        if principal is not None:
+            self._require_analyst(principal)
+        return self.engine.deploy(files, principal.username if principal else "cli")
+
+    def deploy_directory(self, path: Path = BUNDLED_DIAGRAMS, actor: str = "cli") -> list[tuple[Definition, bool]]:
+        bundles = bundles_from_directory(path)
+        if not bundles:
+            raise DeployError([])
+        # Validate all first so that a bad file deploys nothing.
+        for files in bundles:
+            self.engine.validate(files)
+        return [self.engine.deploy(files, actor) for files in bundles]
+
+    def list_definitions(self, principal: Principal, page: int = 1, per_page: int = 50) -> Page:
+        if principal.only_notifier:
+            raise Forbidden("notifiers cannot read definitions")
+        with self.db.read() as session:
+            query = select(Definition).order_by(Definition.process_key, Definition.version.desc())
+            total = session.scalar(select(func.count()).select_from(Definition))
+            rows = session.scalars(query.offset((page - 1) * per_page).limit(per_page)).all()
+            counts = dict(session.execute(select(Instance.definition_id, func.count())
+                                          .where(Instance.status.in_(("created", "running")))
+                                          .group_by(Instance.definition_id)).all())
+            items = [dict(id=d.id, process_key=d.process_key, version=d.version, name=d.name, status=d.status,
+                          content_hash=d.content_hash, deployed_at=d.deployed_at, deployed_by=d.deployed_by,
+                          files=[f.name for f in d.files], running_instances=counts.get(d.id, 0)) for d in rows]
+        return Page(items, total, page, per_page)
+
+    # ------------------------------------------------------------ notifications
+    def submit_notification(self, principal: Principal, municipality: str, child: dict, reporter: dict,
+                            description: str) -> dict:
+        if not principal.has_role(*NOTIFYING_ROLES):
+            raise Forbidden("your role may not submit notifications")
+        unit = find_unit(municipality)
+        errors: dict[str, list[str]] = {}
+        if unit is None or unit.kind != "municipality":
+            errors["municipality"] = [f"'{municipality}' is not one of the 53 municipalities of Mallorca"]
+        birth = child.get("birth_date")
+        if isinstance(birth, date) and birth > clock.now().date():
+            errors["child.birth_date"] = ["birth date is in the future"]
+        if reporter.get("kind") not in REPORTER_KINDS:
+            errors["reporter.kind"] = [f"must be one of: {', '.join(REPORTER_KINDS)}"]
+        if errors:
+            raise Invalid(errors)
+        with self.db.write() as session:
+            definition = self.engine.latest_definition(session, NOTIFICATION_PATHWAY)
+            if definition is None:
+                raise Conflict(f"the pathway '{NOTIFICATION_PATHWAY}' is not deployed")
+            case = self._new_case(session, unit, child, principal.username)
+            reporter_public = {k: v for k, v in reporter.items() if v is not None}
+            session.add(Notification(case_id=case.id, reporter_kind=reporter["kind"], reporter=reporter_public,
+                                     description=description, submitted_by=principal.username,
+                                     received_at=clock.now()))
+            instance = self.engine.create_instance(
+                session, definition, case.reference,
+                {"reporter_kind": reporter["kind"], "anonymous": bool(reporter.get("anonymous", False))},
+                principal.username)
+            reference, instance_id = case.reference, instance.id
+        result = {"case_reference": reference, "instance_id": instance_id, "incident_id": None}
+        try:
+            self.engine.advance(instance_id, principal.username)
+        except IncidentOpened as err:
+            # The notification is stored; the incident keeps the step for a retry.
+            result["incident_id"] = err.incident_id
+        return result
+
+    def _new_case(self, session, unit, child: dict, actor: str) -> Case:
+        year = clock.now().year
+        counter = session.get(CaseCounter, year, with_for_update=True)
+        if counter is None:
+            counter = CaseCounter(year=year, last=0)
+            session.add(counter)
+        counter.last += 1
+        municipality = unit.code
+        case = Case(reference=f"EXP-{year}-{counter.last:06d}", municipality=municipality, comarca=unit.parent,
+                    section=unit.section, child_given_name=child["given_name"],
+                    child_family_name=child["family_name"], child_birth_date=child.get("birth_date"),
+                    status="notified", legal_status="none", created_at=clock.now(), created_by=actor)
+        for member in child.get("family") or []:
+            case.family.append(FamilyMember(**member))
+        session.add(case)
+        session.flush()
+        return case
+
+    # ------------------------------------------------------------ visibility
+    def _visible_case(self, session, principal: Principal, reference: str) -> Case:
+        """The case if the principal needs to know it; NotFound otherwise, so existence does not leak."""
+        case = session.scalar(select(Case).where(Case.reference == reference))
+        if case is None or not self._needs_to_know(session, principal, case):
+            raise NotFound(f"case {reference} not found")
+        return case
+
+    def _needs_to_know(self, session, principal: Principal, case: Case) -> bool:
+        grants = [g for g in principal.grants if principal.covers(g, case)]
+        if not grants:
+            return False
+        if principal.supervises(case):
+            return True
+        if session.scalar(select(CaseReferent.id).where(CaseReferent.case_id == case.id,
+                                                        CaseReferent.username == principal.username)):
+            return True
+        queue_match = or_(*[and_(HumanTask.role == g.role, HumanTask.org_unit == g.unit) for g in grants])
+        return session.scalar(
+            select(HumanTask.id).where(HumanTask.business_key == case.reference,
+                                       or_(queue_match, HumanTask.assignee == principal.username,
+                                           HumanTask.completed_by == principal.username)).limit(1)) is not None
+
+    def _log_access(self, session, principal: Principal, reference: str | None, action: str, resource: str):
+        session.add(AccessLog(at=clock.now(), username=principal.username, case_reference=reference,
+                              action=action, resource=resource))
+
+    # ------------------------------------------------------------ tasks
+    def inbox(self, principal: Principal, process_key: str | None = None, case_reference: str | None = None,
+              due_before: datetime | None = None, overdue: bool = False, mine: bool = False,
+              page: int = 1, per_page: int = 50) -> Page:
+        if principal.only_notifier:
+            raise Forbidden("notifiers have no inbox")
+        per_page = min(max(per_page, 1), MAX_PER_PAGE)
+        queues = principal.queues()
+        workable = [HumanTask.assignee == principal.username]
+        if not mine and queues:
+            workable.append(and_(HumanTask.assignee.is_(None),
+                                 or_(*[and_(HumanTask.role == r, HumanTask.org_unit == u) for r, u in queues])))
+        query = select(HumanTask).where(HumanTask.state == "open", or_(*workable))
+        if process_key:
+            query = query.where(HumanTask.process_key == process_key)
+        if case_reference:
+            query = query.where(HumanTask.business_key == case_reference)
+        if due_before:
+            query = query.where(HumanTask.due_at <= due_before)
+        if overdue:
+            query = query.where(HumanTask.due_at < clock.now())
+        with self.db.read() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(HumanTask.due_at.is_(None), HumanTask.due_at,
+                                                  HumanTask.created_at, HumanTask.id)
+                                   .offset((page - 1) * per_page).limit(per_page)).all()
+            items = [self._task_summary(t) for t in rows]
+        return Page(items, total, page, per_page)
+
+    def _task_summary(self, task: HumanTask) -> dict:
+        return dict(id=task.id, case_reference=task.business_key, name=task.name, role=task.role,
+                    org_unit=task.org_unit, assignee=task.assignee, due_at=task.due_at, state=task.state,
+                    process_key=task.process_key, element_id=task.element_id, instance_id=task.instance_id,
+                    created_at=task.created_at,
+                    overdue=bool(task.due_at and task.state == "open" and task.due_at < clock.now()))
+
+    def _is_candidate(self, principal: Principal, task: HumanTask) -> bool:
+        return (task.role, task.org_unit) in principal.queues()
+
+    def _visible_task(self, session, principal: Principal, task_id: str) -> tuple[HumanTask, Case]:
+        task = session.get(HumanTask, task_id)
+        if task is None:
+            raise NotFound("task not found")
+        case = session.scalar(select(Case).where(Case.reference == task.business_key))
+        allowed = (task.assignee == principal.username or self._is_candidate(principal, task)
+                   or (case is not None and principal.supervises(case)))
+        if not allowed or case is None:
+            raise NotFound("task not found")
+        return task, case
+
+    def get_task(self, principal: Principal, task_id: str) -> dict:
+        with self.db.write() as session:
+            task, case = self._visible_task(session, principal, task_id)
+            detail = self._task_summary(task)
+            detail["form"] = self._form_of(session, task)
+            detail["completed_by"] = task.completed_by
+            detail["legal_basis"] = (task.properties or {}).get("legal_basis")
+            detail["child"] = {"given_name": case.child_given_name, "family_name": case.child_family_name,
+                               "birth_date": case.child_birth_date}
+            detail["candidates"] = security.candidates(session, task.role, task.org_unit) if task.role else []
+            self._log_access(session, principal, case.reference, "read_task", f"task/{task_id}")
+        return detail
+
+    def _form_of(self, session, task: HumanTask) -> dict | None:
+        if not task.form:
+            return None
+        instance = session.get(Instance, task.instance_id)
+        cached = self.engine.cached_spec(instance.definition)
+        raw = cached.forms.get(task.form) or cached.forms.get(f"forms/{Path(task.form).name}")
+        return json.loads(raw) if raw else None
+
+    def claim(self, principal: Principal, task_id: str) -> dict:
+        with self.db.read() as session:
+            task, _case = self._visible_task(session, principal, task_id)
+            if not self._is_candidate(principal, task):
+                raise Forbidden("you do not hold the role this task needs in its territory")
+        self.engine.claim(task_id, principal.username)
+        return self.get_task(principal, task_id)
+
+    def unclaim(self, principal: Principal, task_id: str) -> dict:
+        with self.db.read() as session:
+            self._visible_task(session, principal, task_id)
+        self.engine.unclaim(task_id, principal.username)
+        return self.get_task(principal, task_id)
+
+    def reassign(self, principal: Principal, task_id: str, username: str | None) -> dict:
+        with self.db.read() as session:
+            task, case = self._visible_task(session, principal, task_id)
+            if not principal.supervises(case):
+                raise Forbidden("only a supervisor of the case's territory may reassign")
+            if username is not None and username not in security.candidates(session, task.role, task.org_unit):
+                raise Invalid({"username": [f"'{username}' does not hold role {task.role} in {task.org_unit}"]})
+        self.engine.reassign(task_id, username, principal.username)
+        return self.get_task(principal, task_id)
+
+    def complete(self, principal: Principal, task_id: str, data) -> dict:
+        with self.db.write() as session:
+            task, case = self._visible_task(session, principal, task_id)
+            if task.state != "open":
+                raise Conflict(f"the task is already {task.state}")
+            if task.assignee not in (None, principal.username):
+                raise Forbidden(f"the task is assigned to someone else")
+            if task.assignee is None and not self._is_candidate(principal, task):
+                raise Forbidden("you do not hold the role this task needs in its territory")
+            form = self._form_of(session, task)
+            try:
+                cleaned = _with_unchecked_boxes(form, validate_submission(form, data)) if form is not None \
+                    else _plain_data(data)
+            except SubmissionInvalid as err:
+                raise Invalid(err.errors) from None
+            self._log_access(session, principal, case.reference, "complete_task", f"task/{task_id}")
+        if task.assignee is None:
+            self.engine.claim(task_id, principal.username)
+        result = self.engine.complete_task(task_id, cleaned, principal.username)
+        return {"task_id": task_id, "instance_id": result.instance_id, "instance_status": result.status}
+
+    # ------------------------------------------------------------ cases and instances
+    def get_case(self, principal: Principal, reference: str, history_limit: int = 500) -> dict:
+        with self.db.write() as session:
+            case = self._visible_case(session, principal, reference)
+            instances = session.scalars(select(Instance).where(Instance.business_key == reference)
+                                        .order_by(Instance.id)).all()
+            tasks = session.scalars(select(HumanTask).where(HumanTask.business_key == reference,
+                                                            HumanTask.state == "open")
+                                    .order_by(HumanTask.created_at)).all()
+            history = session.scalars(select(HistoryEvent).where(HistoryEvent.business_key == reference)
+                                      .order_by(HistoryEvent.id).limit(history_limit)).all()
+            communications = session.scalars(select(Communication).where(Communication.case_reference == reference)
+                                             .order_by(Communication.id)).all()
+            self._log_access(session, principal, reference, "read_case", f"case/{reference}")
+            return dict(
+                reference=case.reference,
+                child={"given_name": case.child_given_name, "family_name": case.child_family_name,
+                       "birth_date": case.child_birth_date},
+                family=[{"relation": m.relation, "given_name": m.given_name, "family_name": m.family_name}
+                        for m in case.family],
+                municipality=security.unit_name(case.municipality), comarca=security.unit_name(case.comarca),
+                section=security.unit_name(case.section), status=case.status, legal_status=case.legal_status,
+                severity=case.severity, created_at=case.created_at,
+                referents=[{"role": r.role, "username": r.username, "since": r.since} for r in case.referents],
+                instances=[self._instance_summary(session, i) for i in instances],
+                open_tasks=[self._task_summary(t) for t in tasks],
+                history=[_history_item(h) for h in history],
+                communications=[{"recipient": c.recipient, "subject": c.subject, "sent_at": c.sent_at}
+                                for c in communications],
+            )
+
+    def _instance_summary(self, session, instance: Instance) -> dict:
+        definition = session.get(Definition, instance.definition_id)
+        return dict(id=instance.id, process_key=instance.process_key, version=definition.version,
+                    status=instance.status, started_at=instance.started_at, ended_at=instance.ended_at,
+                    active_elements=instance.active_elements or [])
+
+    def get_instance(self, principal: Principal, instance_id: int) -> dict:
+        with self.db.write() as session:
+            instance = session.get(Instance, instance_id)
+            if instance is None:
+                raise NotFound("instance not found")
+            self._visible_case(session, principal, instance.business_key)
+            detail = self._instance_summary(session, instance)
+            detail.update(
+                case_reference=instance.business_key,
+                completed_elements=instance.completed_elements or [],
+                version_counter=instance.version,
+                timers=[{"id": t.id, "element_id": t.element_id, "due_at": t.due_at, "status": t.status}
+                        for t in session.scalars(select(Timer).where(Timer.instance_id == instance_id))],
+                messages=[{"name": m.name, "element_id": m.element_id} for m in session.scalars(
+                    select(MessageSubscription).where(MessageSubscription.instance_id == instance_id))],
+                incidents=[{"id": i.id, "element_id": i.element_id, "error_type": i.error_type,
+                            "message": i.message, "status": i.status, "attempts": i.attempts,
+                            "created_at": i.created_at}
+                           for i in session.scalars(select(Incident).where(Incident.instance_id == instance_id)
+                                                    .order_by(Incident.id))],
+            )
+            self._log_access(session, principal, instance.business_key, "read_instance", f"instance/{instance_id}")
+        return detail
+
+    def start_instance(self, principal: Principal, process_key: str, case_reference: str, data: dict) -> dict:
+        with self.db.write() as session:
+            case = self._visible_case(session, principal, case_reference)
+            if not (principal.supervises(case) or principal.has_role("analyst")):
+                raise Forbidden("only supervisors of the case's territory and analysts may start a pathway")
+            definition = self.engine.latest_definition(session, process_key)
+            if definition is None:
+                raise NotFound(f"no deployed process '{process_key}'")
+            instance = self.engine.create_instance(session, definition, case_reference, _plain_data(data),
+                                                   principal.username)
+            instance_id = instance.id
+        incident_id = None
+        try:
+            self.engine.advance(instance_id, principal.username)
+        except IncidentOpened as err:
+            incident_id = err.incident_id
+        detail = self.get_instance(principal, instance_id)
+        detail["incident_id"] = incident_id
+        return detail
+
+    def send_message(self, principal: Principal, name: str, case_reference: str, payload: dict) -> dict:
+        if principal.only_notifier:
+            raise Forbidden("notifiers cannot send messages to cases")
+        with self.db.write() as session:
+            self._visible_case(session, principal, case_reference)
+            self._log_access(session, principal, case_reference, "send_message", f"message/{name}")
+        instances = self.engine.deliver_message(name, case_reference, _plain_data(payload), principal.username)
+        return {"name": name, "case_reference": case_reference, "instance_ids": instances}
+
+    def retry_incident(self, principal: Principal, incident_id: int) -> dict:
+        with self.db.read() as session:
+            incident = session.get(Incident, incident_id)
+            if incident is None:
+                raise NotFound("incident not found")
+            instance = session.get(Instance, incident.instance_id)
+            case = self._visible_case(session, principal, instance.business_key)
+            if not (principal.supervises(case) or principal.has_role("analyst")):
+                raise Forbidden("only supervisors and analysts may retry incidents")
+        result = self.engine.retry_incident(incident_id, principal.username)
+        return {"instance_id": result.instance_id, "instance_status": result.status}
+
+
+def _with_unchecked_boxes(form: dict, cleaned: dict) -> dict:
+    """An unticked checkbox is False, as form-js submits it, so diagrams can rely on the key."""
+    for field in form_fields(form):
+        if field["type"] == "checkbox" and "." not in field.get("path", field["key"]):
+            cleaned.setdefault(field["key"], False)
+    return cleaned
+
+
+def _history_item(h: HistoryEvent) -> dict:
+    return dict(id=h.id, at=h.at, actor=h.actor, event=h.event, element_id=h.element_id,
+                instance_id=h.instance_id, detail=h.detail)
+
+
+def _plain_data(data) -> dict:
+    """Data for a task without a form, or start data: a small JSON object."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise Invalid({"data": ["must be a JSON object"]})
+    if len(json.dumps(data, default=str)) > 64 * 1024:
+        raise Invalid({"data": ["larger than 64 KiB"]})
+    bad = [k for k in data if not isinstance(k, str) or not k or k.startswith("_") or not k.isidentifier()]
+    if bad:
+        raise Invalid({str(k): ["field names must be identifiers not starting with '_'"] for k in bad})
+    return data
