@@ -14,7 +14,7 @@ def alembic_config(url: str, extra_version_locations: list[Path] | None = None) 
     config.set_main_option("script_location", str(ENGINE_MIGRATIONS))
     locations = [ENGINE_MIGRATIONS / "versions", *(extra_version_locations or [])]
     config.set_main_option("version_locations", " ".join(str(p) for p in locations))
-    config.set_main_option("version_path_separator", "space")
+    config.set_main_option("path_separator", "space")
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -391,11 +391,11 @@ class Engine:
         ctx = StepContext(session, instance, actor, cached)
         token = _current_step.set(ctx)
         try:
+            if instance.status == "created" and action["kind"] != "advance":
+                # A new instance has not reached its first wait state (e.g. a message start) yet.
+                self._run_engine(workflow, ctx)
             self._apply(workflow, action, ctx)
-            try:
-                workflow.do_engine_steps(did_complete_task=lambda t: self._element_done(t, ctx))
-            except Exception as err:  # anything raised by a script, condition or service task
-                raise _DiagramFailure(err, _failed_element(err)) from err
+            self._run_engine(workflow, ctx)
         finally:
             _current_step.reset(token)
 
@@ -431,6 +431,12 @@ class Engine:
             self._history(session, instance, actor, "instance_completed")
             self.hooks.on_instance_ended(session, instance)
         return StepResult(instance.id, new_version, status, ctx.outbox_ids)
+
+    def _run_engine(self, workflow: BpmnWorkflow, ctx: StepContext) -> None:
+        try:
+            workflow.do_engine_steps(did_complete_task=lambda t: self._element_done(t, ctx))
+        except Exception as err:  # anything raised by a script, condition or service task
+            raise _DiagramFailure(err, _failed_element(err)) from err
 
     def _apply(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
         kind = action["kind"]

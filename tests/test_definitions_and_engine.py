@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from engine import bundle as bundle_module
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, Timer
 from tasks.worker import TimerWorker
 from workflows.demo import SEVERITY_SCORES
@@ -107,14 +108,24 @@ def test_only_analysts_deploy(http):
     assert response.status_code == 403
 
 
-@pytest.mark.parametrize("script", [
-    "x = getattr((), '_' + '_class__')",
-    "x = open('/etc/passwd').read()",
-    "x = 10 ** 10 ** 10",
-    "while True:\n    pass",
-])
+@pytest.mark.parametrize("script", ["x = 10 ** 10 ** 10", "x = 'a' * 10 ** 6 * 10 ** 6", "while True:\n    pass",
+                                    "def f(n):\n    return f(n + 1)\nx = f(0)"])
 def test_hostile_script_opens_incident_and_leaves_instance_untouched(http, camins, script):
     assert upload(http, bundle(script=script)).status_code == 201
+    _start_and_expect_incident(http)
+
+
+@pytest.mark.parametrize("script", ["x = __import__('os')", "x = open('/etc/passwd').read()",
+                                    "x = ().__class__.__base__", "x = getattr((), '__class__')"])
+def test_escape_that_slipped_past_deploy_still_fails_at_run_time(http, camins, monkeypatch, script):
+    """Defence in depth: even a diagram stored without the deploy checks cannot escape."""
+    monkeypatch.setattr(bundle_module, "check_script", lambda source: None)
+    assert upload(http, bundle(script=script)).status_code == 201
+    monkeypatch.undo()
+    _start_and_expect_incident(http)
+
+
+def _start_and_expect_incident(http):
     reference = notify(http)
     response = http.post("/api/instances", "analista",
                          json={"process_key": "prova", "case_reference": reference, "data": {}})
@@ -217,15 +228,14 @@ def test_stale_version_is_a_conflict_not_an_overwrite(http, camins):
     from engine.errors import Conflict
 
     reference = notify(http)
-    with camins.db.write() as session:
-        instance = session.scalar(select(Instance).where(Instance.business_key == reference))
-        stale_version = instance.version
+    with camins.db.read() as session:
+        stale = session.scalar(select(Instance).where(Instance.business_key == reference))
+        assert stale.definition is not None  # loaded before the snapshot is detached
+        session.expunge(stale)
     work(http, "adm.sonservera", reference, "registre_notificacio")
     with pytest.raises(Conflict):
         with camins.db.write() as session:
-            stale = session.get(Instance, instance.id)
-            stale.version = stale_version  # what a racing step read before the completion
             camins.engine._step_in(session, stale, {"kind": "advance"}, "racer")
     with camins.db.read() as session:
-        assert session.get(Instance, instance.id).version == stale_version + 1
+        assert session.get(Instance, stale.id).version == stale.version + 1
         assert session.scalar(select(func.count()).select_from(Incident)) == 0

@@ -203,6 +203,16 @@ class Camins:
                                        or_(queue_match, HumanTask.assignee == principal.username,
                                            HumanTask.completed_by == principal.username)).limit(1)) is not None
 
+    def _case_for_process_work(self, session, principal: Principal, reference: str) -> Case:
+        """Instance-level work (start, inspect, retry) is open to analysts on any case: the
+        instance view holds element ids and errors, no personal data. Others need to know the case."""
+        if principal.has_role("analyst"):
+            case = session.scalar(select(Case).where(Case.reference == reference))
+            if case is None:
+                raise NotFound(f"case {reference} not found")
+            return case
+        return self._visible_case(session, principal, reference)
+
     def _log_access(self, session, principal: Principal, reference: str | None, action: str, resource: str):
         session.add(AccessLog(at=clock.now(), username=principal.username, case_reference=reference,
                               action=action, resource=resource))
@@ -365,7 +375,7 @@ class Camins:
             instance = session.get(Instance, instance_id)
             if instance is None:
                 raise NotFound("instance not found")
-            self._visible_case(session, principal, instance.business_key)
+            self._case_for_process_work(session, principal, instance.business_key)
             detail = self._instance_summary(session, instance)
             detail.update(
                 case_reference=instance.business_key,
@@ -386,7 +396,7 @@ class Camins:
 
     def start_instance(self, principal: Principal, process_key: str, case_reference: str, data: dict) -> dict:
         with self.db.write() as session:
-            case = self._visible_case(session, principal, case_reference)
+            case = self._case_for_process_work(session, principal, case_reference)
             if not (principal.supervises(case) or principal.has_role("analyst")):
                 raise Forbidden("only supervisors of the case's territory and analysts may start a pathway")
             definition = self.engine.latest_definition(session, process_key)
@@ -419,7 +429,7 @@ class Camins:
             if incident is None:
                 raise NotFound("incident not found")
             instance = session.get(Instance, incident.instance_id)
-            case = self._visible_case(session, principal, instance.business_key)
+            case = self._case_for_process_work(session, principal, instance.business_key)
             if not (principal.supervises(case) or principal.has_role("analyst")):
                 raise Forbidden("only supervisors and analysts may retry incidents")
         result = self.engine.retry_incident(incident_id, principal.username)
