@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -61,9 +60,8 @@ def db_upgrade() -> None:
 @main.command(help="Check diagrams (a directory or a .bpmn file) without deploying them.")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def validate(path: Path) -> None:
-    from engine.runtime import Engine
-    from workflows.hooks import DomainHooks
     from engine.bundle import compile_bundle
+    from workflows.hooks import DomainHooks
 
     hooks = DomainHooks()
     failed = False
@@ -75,7 +73,6 @@ def validate(path: Path) -> None:
             failed = True
             click.echo(f"bad {files[0].name}", err=True)
             _print_deploy_error(err)
-    del Engine
     sys.exit(1 if failed else 0)
 
 
@@ -213,5 +210,3 @@ def _safe_url(url: str) -> str:
         return f"{scheme}://{creds.split(':')[0]}:***@{host}"
     return url
 
-
-_ = threading

@@ -8,21 +8,21 @@ points that module's `datetime` name at a subclass whose `now()` asks our clock.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import SpiffWorkflow.bpmn.specs.event_definitions.timer as spiff_timer
 
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class ManualClock:
     """A clock that only moves when told to; thread-safe."""
 
     def __init__(self, start: datetime | None = None):
-        self._now = start or datetime.now(timezone.utc)
+        self._now = start or datetime.now(UTC)
         if self._now.tzinfo is None:
             raise ValueError("ManualClock needs an aware datetime")
         self._lock = threading.Lock()

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from SpiffWorkflow.bpmn import BpmnEvent, BpmnWorkflow
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
 from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from . import clock
 from .bundle import BundleFile, CompiledBundle, compile_bundle
@@ -71,6 +71,7 @@ class StepContext:
     completed_elements: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
+    submitted_fields: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,11 +203,6 @@ class Engine:
         self._history(session, instance, actor, "instance_started",
                       detail={"process_key": definition.process_key, "version": definition.version})
         return instance
-
-    def start(self, session_factory_session, definition: Definition, business_key: str, data: dict | None,
-              actor: str | None) -> Instance:
-        """Create an instance inside the caller's transaction (advance it after commit)."""
-        return self.create_instance(session_factory_session, definition, business_key, data, actor)
 
     def advance(self, instance_id: int, actor: str | None = None) -> StepResult:
         return self._step(instance_id, {"kind": "advance"}, actor)
@@ -452,6 +448,7 @@ class Engine:
             except Exception as err:
                 raise _DiagramFailure(err, task.task_spec.bpmn_id) from err
             ctx.completed_human.append(action["task_id"])
+            ctx.submitted_fields[action["task_id"]] = sorted(action.get("data") or {})
             ctx.completed_elements.append(task.task_spec.bpmn_id)
             return
         if kind == "message":
@@ -535,7 +532,7 @@ class Engine:
                 row.state, row.completed_at, row.completed_by = "completed", now, ctx.actor
                 self._history(session, instance, ctx.actor, "task_completed", element_id=row.element_id,
                               detail={"task_id": task_id, "role": row.role,
-                                      "fields": sorted(ctx_fields(ctx, task_id))})
+                                      "fields": ctx.submitted_fields.get(task_id, [])})
                 self.hooks.on_task_completed(session, row, ctx.actor)
             else:
                 row.state, row.completed_at = "cancelled", now
@@ -679,10 +676,6 @@ class Engine:
             business_key=instance.business_key if instance is not None else business_key,
             at=clock.now(), actor=actor, event=event, element_id=element_id, detail=detail or {},
         ))
-
-
-def ctx_fields(ctx: StepContext, task_id: str) -> list[str]:
-    return ctx.__dict__.get("fields", {}).get(task_id, [])
 
 
 def _completed_in_step(ctx: StepContext, element_id: str) -> str | None:

@@ -40,7 +40,7 @@ import operator
 import re
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
@@ -1187,7 +1187,7 @@ def iso_duration(*, years=0, months=0, weeks=0, days=0, hours=0, minutes=0, seco
 
 
 def _utc_now():
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _make_helpers(now_fn):
@@ -1430,8 +1430,8 @@ class SandboxedEnvironment(BasePythonScriptEngineEnvironment):
         if not isinstance(value, datetime):
             raise SandboxError('the clock did not return a date and time')
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     # -- running --------------------------------------------------------
 

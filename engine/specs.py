@@ -4,9 +4,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from lxml import etree
-
-from .bundle import NS, BundleFile, compile_bundle
+from .bundle import BundleFile, compile_bundle
 from .models import Definition
 
 
@@ -71,8 +69,3 @@ def _cached_from(compiled) -> CachedSpec:
             )
     forms = {f.name: f.content for f in compiled.files if f.kind == "form"}
     return CachedSpec(compiled.spec, compiled.subprocess_specs, elements, forms)
-
-
-def element_ids_in_diagram(content: bytes) -> list[str]:
-    root = etree.fromstring(content)
-    return [n.get("id") for n in root.iterfind(".//bpmn:process//*[@id]", NS)]

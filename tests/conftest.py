@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -24,7 +24,7 @@ from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
 PG_SERVER = os.environ.get("CAMINS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-START = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 # Users and their tokens are made once per database; everything else is emptied between tests.
 KEEP_TABLES = {"app_user", "membership", "api_token", "alembic_version"}
 

@@ -16,15 +16,14 @@ import ast
 import json
 import re
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lxml import etree
-
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine, TaskDataEnvironment
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
-from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, VALIDATOR
+from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
@@ -480,12 +479,12 @@ def run_investigacio(event, dims, expected, abandonament=False, reject_first=Non
         timers = [e for e in wf.waiting_events() if e.event_type == "DurationTimerEventDefinition"]
         assert len(timers) == 1, wf.waiting_events()
         due = datetime.fromisoformat(timers[0].value)
-        assert timedelta(days=19, hours=23) < due - datetime.now(timezone.utc) <= timedelta(days=20), due
+        assert timedelta(days=19, hours=23) < due - datetime.now(UTC) <= timedelta(days=20), due
         wf.refresh_timers()
         assert not any(t.task_spec.name == "revisar_termini_vencut" for t in ready_user_tasks(wf))
         if fire_timer:
             timer = [t for t in wf.get_tasks(state=TaskState.WAITING) if t.task_spec.name == "termini_imas"][0]
-            timer.internal_data["event_value"] = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+            timer.internal_data["event_value"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
             wf.refresh_timers()
             wf.do_engine_steps()
             wf = roundtrip(wf)

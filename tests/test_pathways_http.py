@@ -5,7 +5,7 @@ import pytest
 
 from workflows.demo import SEVERITY_SCORES
 
-from .pathway_driver import case, complete, notify, task_in_inbox, who_sees, work
+from .pathway_driver import case, notify, task_in_inbox, who_sees, work
 
 OUTCOME = {
     "sense_risc": ("valoracio_sense_risc", "closed_no_risk"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -17,7 +17,7 @@ from engine.sandbox import (
     check_script,
 )
 
-NOW = datetime(2024, 5, 31, 10, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 31, 10, 30, tzinfo=UTC)
 BOUND = 5.0  # seconds any refused script may take, at most
 
 
@@ -125,7 +125,7 @@ def test_helpers_and_dates(env):
 def test_clock_is_injected_and_normalised_to_utc():
     local = timezone(timedelta(hours=2))
     env = SandboxedEnvironment(clock=lambda: datetime(2024, 1, 1, 1, 0, tzinfo=local))
-    assert env.evaluate('now()', {}) == datetime(2023, 12, 31, 23, 0, tzinfo=timezone.utc)
+    assert env.evaluate('now()', {}) == datetime(2023, 12, 31, 23, 0, tzinfo=UTC)
     assert env.evaluate('today()', {}) == date(2023, 12, 31)
     # A date's own clock methods are refused: time comes from the injected clock.
     with pytest.raises(SandboxError):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from datetime import date
 
-from engine import clock
 from engine.errors import EngineError
 
 from .security import principal_for_user
@@ -157,5 +156,4 @@ def seed_demo(camins, fresh: bool = True):
                                       "informe_social", "informe_educatiu", "valoracio_gravetat",
                                       "validar_valoracio"], {"valoracio_gravetat": SEVERITY_SCORES["sense_risc"]})
     stages.append((seventh, "Tancat: valoració sense risc"))
-    _ = clock
     return DEMO_USERS, stages

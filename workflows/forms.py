@@ -258,7 +258,9 @@ def _analyse_validate(comp: dict, name: str) -> dict:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise FormDefinitionError(f"{name}: validate.pattern is not a valid regular expression ({exc})")
+                raise FormDefinitionError(
+                    f"{name}: validate.pattern is not a valid regular expression ({exc})"
+                ) from None
             out["pattern"] = pattern
     return out
 
@@ -594,7 +596,8 @@ class _ChoiceField(_FormField):
 
     def clean_one(self, value):
         if not (isinstance(value, (str, bool)) or _is_number(value)):
-            raise ValidationError("Not a valid choice." if self.allowed is None else _options_message(self.spec["values"]))
+            message = "Not a valid choice." if self.allowed is None else _options_message(self.spec["values"])
+            raise ValidationError(message)
         if self.allowed is None:
             if isinstance(value, str) and len(value) > DEFAULT_MAX_TEXT_LENGTH:
                 raise ValidationError(f"Longer than maximum length {DEFAULT_MAX_TEXT_LENGTH}.")

@@ -22,7 +22,16 @@ from engine.runtime import Engine
 from . import security
 from .forms import SubmissionInvalid, form_fields, validate_submission
 from .hooks import DomainHooks
-from .models import AccessLog, Case, CaseCounter, CaseReferent, Communication, FamilyMember, Notification, User
+from .models import (
+    AccessLog,
+    Case,
+    CaseCounter,
+    CaseReferent,
+    Communication,
+    FamilyMember,
+    Notification,
+    User,
+)
 from .orgunits import find_unit
 from .pathways import BUNDLED_DIAGRAMS, NOTIFICATION_PATHWAY
 from .security import Principal
@@ -318,7 +327,7 @@ class Camins:
             if task.state != "open":
                 raise Conflict(f"the task is already {task.state}")
             if task.assignee not in (None, principal.username):
-                raise Forbidden(f"the task is assigned to someone else")
+                raise Forbidden("the task is assigned to someone else")
             if task.assignee is None and not self._is_candidate(principal, task):
                 raise Forbidden("you do not hold the role this task needs in its territory")
             form = self._form_of(session, task)

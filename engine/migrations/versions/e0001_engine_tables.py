@@ -1,12 +1,11 @@
 """engine tables
 
 Revision ID: e0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 03:36:19.889012
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = 'e0001'
 down_revision = None

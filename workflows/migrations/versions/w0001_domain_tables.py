@@ -1,12 +1,11 @@
 """domain tables
 
 Revision ID: w0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 03:36:23.953629
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = 'w0001'
 down_revision = None
