@@ -210,3 +210,7 @@ def _safe_url(url: str) -> str:
         return f"{scheme}://{creds.split(':')[0]}:***@{host}"
     return url
 
+
+
+if __name__ == "__main__":
+    main()

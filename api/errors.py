@@ -6,7 +6,16 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound, Rejected
+from engine.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DeployError,
+    Forbidden,
+    IncidentOpened,
+    Invalid,
+    NotFound,
+    Rejected,
+)
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -52,6 +61,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(NotFound)
     def _not_found(err):
         return problem(404, "Not found", str(err))
+
+    @app.errorhandler(AuthenticationFailed)
+    def _auth_failed(err):
+        response = problem(401, "Unauthorized", str(err))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="camins"'
+        return response
 
     @app.errorhandler(Forbidden)
     def _forbidden(err):

@@ -69,3 +69,7 @@ class Invalid(EngineError):
     def __init__(self, errors: dict[str, list[str]], message: str = "the submission is not valid"):
         self.errors = errors
         super().__init__(message)
+
+
+class AuthenticationFailed(EngineError):
+    """Wrong credentials (HTTP 401)."""

@@ -14,7 +14,7 @@ from sqlalchemy import and_, func, or_, select
 from engine import clock
 from engine.bundle import BundleFile, bundles_from_directory
 from engine.db import Database
-from engine.errors import Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound
+from engine.errors import AuthenticationFailed, Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound
 from engine.migrate import upgrade
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
 from engine.runtime import Engine
@@ -69,7 +69,7 @@ class Camins:
         with self.db.write() as session:
             user = security.authenticate(session, username, password)
             if user is None:
-                raise Forbidden("wrong username or password")
+                raise AuthenticationFailed("wrong username or password")
             token, row = security.issue_token(session, user)
             return token, row.expires_at
 
