@@ -412,9 +412,11 @@ class Engine:
         if result.rowcount != 1:
             raise Conflict("the instance was changed by someone else at the same time; reload and retry")
 
-        self._project(session, instance, workflow, ctx, now)
+        # History in the order things happened: the completion, what the engine did, what it opened.
+        self._close_human_tasks(session, instance, workflow, ctx, now)
         for entry in ctx.history:
             self._history(session, instance, entry.pop("actor", actor), **entry)
+        self._project(session, instance, workflow, ctx, now)
         if "incident_id" in action:
             session.execute(update(Incident).where(Incident.id == action["incident_id"])
                             .values(status="resolved", resolved_at=now, resolved_by=action.get("retried_by", actor)))
@@ -504,7 +506,7 @@ class Engine:
 
     # ------------------------------------------------------------ projections
     def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now) -> None:
-        self._project_human_tasks(session, instance, workflow, ctx, now)
+        self._open_human_tasks(session, instance, workflow, ctx, now)
         waiting = workflow.get_tasks(state=TaskState.WAITING)
         self._project_timers(session, instance, waiting)
         self._project_subscriptions(session, instance, waiting)
@@ -521,25 +523,31 @@ class Engine:
                               detail={"name": event.event_definition.name, "outbox_id": outbox.id})
                 self.hooks.on_message_thrown(session, instance, event.event_definition.name, payload)
 
-    def _project_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
-        ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-        open_rows = {row.id: row for row in session.scalars(
-            select(HumanTask).where(HumanTask.instance_id == instance.id, HumanTask.state == _OPEN))}
-        for task_id, row in open_rows.items():
-            if task_id in ready:
+    def _close_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
+        """Open task rows whose task is no longer ready: completed in this step, or cancelled."""
+        ready = {str(t.id) for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
+        for row in session.scalars(select(HumanTask).where(HumanTask.instance_id == instance.id,
+                                                           HumanTask.state == _OPEN)):
+            if row.id in ready:
                 continue
-            if task_id in ctx.completed_human:
+            if row.id in ctx.completed_human:
                 row.state, row.completed_at, row.completed_by = "completed", now, ctx.actor
                 self._history(session, instance, ctx.actor, "task_completed", element_id=row.element_id,
-                              detail={"task_id": task_id, "role": row.role,
-                                      "fields": ctx.submitted_fields.get(task_id, [])})
+                              detail={"task_id": row.id, "role": row.role,
+                                      "fields": ctx.submitted_fields.get(row.id, [])})
                 self.hooks.on_task_completed(session, row, ctx.actor)
             else:
                 row.state, row.completed_at = "cancelled", now
                 self._history(session, instance, ctx.actor, "task_cancelled", element_id=row.element_id,
-                              detail={"task_id": task_id})
-        for task_id, task in ready.items():
-            if task_id in open_rows:
+                              detail={"task_id": row.id})
+        session.flush()
+
+    def _open_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
+        """A row, routed to a role queue or a person, for every newly ready user task."""
+        known = set(session.scalars(select(HumanTask.id).where(HumanTask.instance_id == instance.id)))
+        for task in workflow.get_tasks(state=TaskState.READY, manual=True):
+            task_id = str(task.id)
+            if task_id in known:
                 continue
             element = ctx.cached.elements.get(task.task_spec.bpmn_id)
             properties = dict(element.properties) if element else {}
@@ -554,8 +562,6 @@ class Engine:
                            HumanTask.element_id == properties["distinct_from"],
                            HumanTask.state == "completed")
                     .order_by(HumanTask.completed_at.desc()).limit(1))
-                if distinct_from_user is None:
-                    distinct_from_user = _completed_in_step(ctx, properties["distinct_from"])
             if routing.assignee and routing.assignee == distinct_from_user:
                 routing.assignee = None
             row = HumanTask(
@@ -676,7 +682,3 @@ class Engine:
             business_key=instance.business_key if instance is not None else business_key,
             at=clock.now(), actor=actor, event=event, element_id=element_id, detail=detail or {},
         ))
-
-
-def _completed_in_step(ctx: StepContext, element_id: str) -> str | None:
-    return ctx.actor if element_id in ctx.completed_elements else None

@@ -239,3 +239,24 @@ def test_stale_version_is_a_conflict_not_an_overwrite(http, camins):
     with camins.db.read() as session:
         assert session.get(Instance, stale.id).version == stale.version + 1
         assert session.scalar(select(func.count()).select_from(Incident)) == 0
+
+
+def test_state_is_stored_without_the_spec(http, camins):
+    import json
+
+    reference = notify(http)
+    with camins.db.read() as session:
+        instance = session.scalar(select(Instance).where(Instance.business_key == reference))
+        state = json.loads(instance.state)
+    assert "spec" not in state and "subprocess_specs" not in state
+    assert instance.serializer_version.startswith("spiff-")
+    # And it restores against the cached spec: the next completion works from it.
+    work(http, "adm.sonservera", reference, "registre_notificacio")
+
+
+def test_sqlite_runs_in_wal_mode(camins):
+    if not camins.db.is_sqlite:
+        pytest.skip("SQLite only")
+    from sqlalchemy import text
+    with camins.db.read() as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"

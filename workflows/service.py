@@ -380,6 +380,7 @@ class Camins:
                     active_elements=instance.active_elements or [])
 
     def get_instance(self, principal: Principal, instance_id: int) -> dict:
+        _require_db_id(instance_id, "instance")
         with self.db.write() as session:
             instance = session.get(Instance, instance_id)
             if instance is None:
@@ -433,6 +434,7 @@ class Camins:
         return {"name": name, "case_reference": case_reference, "instance_ids": instances}
 
     def retry_incident(self, principal: Principal, incident_id: int) -> dict:
+        _require_db_id(incident_id, "incident")
         with self.db.read() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
@@ -443,6 +445,12 @@ class Camins:
                 raise Forbidden("only supervisors and analysts may retry incidents")
         result = self.engine.retry_incident(incident_id, principal.username)
         return {"instance_id": result.instance_id, "instance_status": result.status}
+
+
+def _require_db_id(value: int, what: str) -> None:
+    """Ids beyond a 32-bit column cannot exist; asking for one must be a 404, not a database error."""
+    if not 0 < value < 2**31:
+        raise NotFound(f"{what} not found")
 
 
 def _with_unchecked_boxes(form: dict, cleaned: dict) -> dict:
