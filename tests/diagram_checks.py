@@ -1,6 +1,6 @@
-"""Standalone check of the pathway diagrams in bpmn/ (not a pytest module).
+"""Checks of the pathway diagrams in bpmn/, run by tests/test_bundled_diagrams.py.
 
-Run:  .venv/bin/python tests/helpers_bpmn_check.py
+Also runs on its own, printing a report:  .venv/bin/python tests/diagram_checks.py
 
 1. Static checks (lxml): no DOCTYPE, full diagram interchange (a shape with bounds for every
    participant, lane and flow node, an edge with >= 2 waypoints for every sequence flow),
