@@ -1,7 +1,6 @@
 """The Flask service: app factory."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -63,5 +62,4 @@ def create_app(camins: Camins | None = None, config: dict | None = None) -> Flas
     def healthz():
         return {"status": "ok"}
 
-    logging.getLogger("camins").setLevel(logging.INFO)
     return app

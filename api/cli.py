@@ -45,6 +45,7 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+
 @main.group(help="Database schema.")
 def db() -> None:
     pass

@@ -227,3 +227,16 @@ def test_openapi_and_docs_are_served(http):
     unauthenticated = http.get("/api/tasks")
     assert unauthenticated.status_code == 401
     assert unauthenticated.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_no_personal_data_reaches_the_logs(http, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    reference = notify(http)
+    _through_assessment(http, reference, "greu")
+    case(http, "coord.sonservera", reference)
+    logged = "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert caplog.records, "the scenario should have logged something (HTTP access at least)"
+    for personal in ("Aina", "Ferrer Pons", "2015-04-01", "Absències", "CEIP Son Servera"):
+        assert personal not in logged
