@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from engine import clock
 from engine.bundle import BundleFile, bundles_from_directory
 from engine.errors import DeployError, EngineError
 from workflows.pathways import BUNDLED_DIAGRAMS
@@ -43,6 +45,11 @@ def _print_deploy_error(err: DeployError) -> None:
 def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    clock_file = os.environ.get("CAMINS_CLOCK_FILE")
+    if clock_file:
+        # A simulated time shared by every process (see engine.clock.FileClock).
+        clock.set_clock(clock.FileClock(clock_file))
 
 
 
@@ -166,8 +173,6 @@ def worker(poll: float) -> None:
 @click.option("--fresh/--keep", default=True, show_default=True, help="Start from an empty demo database.")
 @click.option("--no-serve", is_flag=True, help="Prepare the database and exit (for scripts).")
 def demo(port: int, host: str, fresh: bool, no_serve: bool) -> None:
-    import os
-
     from tasks.worker import build_scheduler
     from workflows.demo import DEMO_PASSWORD, seed_demo
     from workflows.service import Camins

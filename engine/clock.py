@@ -2,7 +2,7 @@
 
 Tests and simulations move a case years forward in a second by advancing a
 `ManualClock`; production uses `SystemClock`. SpiffWorkflow reads the time
-through `datetime.now(timezone.utc)` inside its timer module, so `install()`
+through `datetime.now(UTC)` inside its timer module, so `install()`
 points that module's `datetime` name at a subclass whose `now()` asks our clock.
 """
 from __future__ import annotations
@@ -39,6 +39,33 @@ class ManualClock:
     def set(self, moment: datetime) -> None:
         with self._lock:
             self._now = moment
+
+
+class FileClock:
+    """Reads the current time from a file holding an ISO timestamp.
+
+    Lets separate processes (API, workers) share one simulated time: a test or a
+    simulation writes the file, every process reads it. A missing or empty file
+    means the real time.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def now(self) -> datetime:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except FileNotFoundError:
+            text = ""
+        if not text:
+            return datetime.now(UTC)
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def set(self, moment: datetime) -> None:
+        with open(self.path, "w", encoding="utf-8") as handle:
+            handle.write(moment.isoformat())
 
 
 _current = SystemClock()

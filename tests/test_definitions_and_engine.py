@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -260,3 +261,45 @@ def test_sqlite_runs_in_wal_mode(camins):
     from sqlalchemy import text
     with camins.db.read() as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_twenty_day_timer_fires_once_with_two_worker_processes(http, camins, database_url, manual_clock, tmp_path):
+    """Two `camins worker` processes share a simulated time through CAMINS_CLOCK_FILE."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from engine.clock import FileClock
+
+    reference = _to_imas_decision(http)
+    shared = FileClock(str(tmp_path / "now"))
+    shared.set(manual_clock.now())
+    env = dict(os.environ, CAMINS_DATABASE_URL=database_url, CAMINS_CLOCK_FILE=shared.path)
+    workers = [subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--poll", "0.2"], env=env,
+                                cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def fired() -> int:
+        with camins.db.read() as session:
+            return session.scalar(select(func.count()).select_from(HistoryEvent)
+                                  .where(HistoryEvent.event == "timer_fired"))
+
+    try:
+        time.sleep(3)
+        assert fired() == 0 and all(w.poll() is None for w in workers)
+        shared.set(manual_clock.advance(timedelta(days=20, minutes=1)))
+        deadline = time.monotonic() + 60
+        while fired() == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # both workers polled several times more
+        assert fired() == 1
+    finally:
+        for w in workers:
+            w.terminate()
+        errors = [w.communicate(timeout=30)[1] for w in workers]
+    assert not any("Traceback" in e for e in errors), errors
+    with camins.db.read() as session:
+        open_tasks = set(session.scalars(select(HumanTask.element_id).where(
+            HumanTask.business_key == reference, HumanTask.state == "open")))
+    assert open_tasks == {"decisio_imas", "revisar_termini_vencut"}
