@@ -75,7 +75,7 @@ def validate(path: Path) -> None:
     failed = False
     for files in _bundles(path):
         try:
-            compiled = compile_bundle(files, hooks.resolve_lane, hooks.check_form)
+            compiled = compile_bundle(files, hooks.resolve_lane, hooks.check_form, hooks.property_problems)
             click.echo(f"ok  {compiled.process_key}  ({', '.join(f.name for f in compiled.files)})")
         except DeployError as err:
             failed = True
@@ -159,7 +159,8 @@ def worker(poll: float) -> None:
     from tasks.worker import build_scheduler
 
     camins = _camins()
-    scheduler = build_scheduler(camins.engine, poll_seconds=poll, blocking=True)
+    scheduler = build_scheduler(camins.engine, poll_seconds=poll, blocking=True,
+                                housekeeping=[camins.escalate_breached_clocks])
     click.echo(f"worker {scheduler.worker.owner} polling every {poll}s (Ctrl-C to stop)")
     try:
         scheduler.start()
@@ -198,7 +199,7 @@ def demo(port: int, host: str, fresh: bool, no_serve: bool) -> None:
         click.echo(f"  {reference}  {stage}")
     if no_serve:
         return
-    scheduler = build_scheduler(camins.engine, poll_seconds=5)
+    scheduler = build_scheduler(camins.engine, poll_seconds=5, housekeeping=[camins.escalate_breached_clocks])
     scheduler.start()
     click.echo(f"\nServing on http://{host}:{port}/  (API docs: http://{host}:{port}/api/docs)")
     app = create_app(camins)

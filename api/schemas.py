@@ -242,3 +242,32 @@ class MessageResponse(Schema):
 class RetryResponse(Schema):
     instance_id = fields.Integer()
     instance_status = fields.String()
+
+
+class ClockView(Schema):
+    id = fields.Integer()
+    clock_id = fields.String()
+    case_reference = fields.String()
+    label = fields.String()
+    article = fields.String(allow_none=True)
+    rule = fields.String(allow_none=True)
+    started_at = fields.DateTime()
+    due_at = fields.DateTime()
+    at_risk_at = fields.DateTime()
+    stopped_at = fields.DateTime(allow_none=True)
+    status = fields.String(metadata={"enum": ["on_time", "at_risk", "breached", "met", "late"]})
+    escalated_at = fields.DateTime(allow_none=True)
+    instance_id = fields.Integer(allow_none=True)
+    element_id = fields.String(allow_none=True)
+
+
+class ClockList(Schema):
+    items = fields.List(fields.Nested(ClockView), required=True)
+
+
+class ClockPage(PageMeta):
+    items = fields.List(fields.Nested(ClockView), required=True)
+
+
+class ClockFilterArgs(PageArgs):
+    status = fields.String(validate=validate.OneOf(["on_time", "at_risk", "breached"]))

@@ -33,6 +33,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 LaneResolver = Callable[[str], "str | None"]
 FormChecker = Callable[[str, bytes], None]
+# Element properties → problems found in them (e.g. an unknown clock id).
+PropertyChecker = Callable[[dict], list]
 
 
 @dataclass
@@ -82,10 +84,20 @@ def _owner_id(node) -> str | None:
 
 
 class _Checker:
-    def __init__(self, lane_resolver: LaneResolver, form_checker: FormChecker | None):
+    def __init__(self, lane_resolver: LaneResolver, form_checker: FormChecker | None,
+                 property_checker: PropertyChecker | None = None):
         self.lane_resolver = lane_resolver
         self.form_checker = form_checker
+        self.property_checker = property_checker
         self.problems: list[Problem] = []
+
+    def check_properties(self, file: str, tree) -> None:
+        if self.property_checker is None:
+            return
+        for node in tree.iterfind(".//spiffworkflow:properties", NS):
+            props = {p.get("name"): p.get("value") for p in node.iterfind("spiffworkflow:property", NS)}
+            for message in self.property_checker(props):
+                self.problem(file, message, node)
 
     def problem(self, file: str, message: str, node=None, element_id: str | None = None, line=None):
         self.problems.append(
@@ -214,9 +226,10 @@ def referenced_forms(tree) -> set[str]:
 
 
 def compile_bundle(
-    files: list[BundleFile], lane_resolver: LaneResolver, form_checker: FormChecker | None = None
+    files: list[BundleFile], lane_resolver: LaneResolver, form_checker: FormChecker | None = None,
+    property_checker: PropertyChecker | None = None,
 ) -> CompiledBundle:
-    checker = _Checker(lane_resolver, form_checker)
+    checker = _Checker(lane_resolver, form_checker, property_checker)
     if not files:
         raise DeployError([Problem(file="(bundle)", message="the bundle is empty")])
     if len(files) > MAX_FILES:
@@ -268,6 +281,7 @@ def compile_bundle(
         checker.check_lanes(name, tree)
         checker.check_user_tasks(name, tree, by_name)
         checker.check_bpmn_code(name, tree)
+        checker.check_properties(name, tree)
         for process in tree.iterfind("bpmn:process", NS):
             if process.get("isExecutable", "false").lower() == "true":
                 executable.append((process.get("id"), process.get("name") or process.get("id"), name))

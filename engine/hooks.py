@@ -23,6 +23,10 @@ class EngineHooks:
     def check_form(self, name: str, content: bytes) -> None:
         """Raise ValueError if the form file is not acceptable."""
 
+    def property_problems(self, properties: dict) -> list[str]:
+        """Problems with an element's extension properties, reported at deploy."""
+        return []
+
     def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
         return Routing(role=role, org_unit=None)
 
@@ -37,3 +41,10 @@ class EngineHooks:
 
     def on_instance_ended(self, session, instance) -> None:
         """Called inside the step transaction when an instance completes."""
+
+    def start_data(self, session, business_key: str) -> dict:
+        """Facts every new instance of this business key starts with (they override given data)."""
+        return {}
+
+    def on_elements(self, session, instance, entered: list, completed: list, now) -> None:
+        """Called inside the step transaction with the elements (ElementInfo) entered and completed."""

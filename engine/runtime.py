@@ -72,6 +72,7 @@ class StepContext:
     history: list[dict] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
     submitted_fields: dict[str, list[str]] = field(default_factory=dict)
+    entered: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Engine:
 
     # ------------------------------------------------------------------ deploy
     def validate(self, files: list[BundleFile]) -> CompiledBundle:
-        return compile_bundle(files, self.hooks.resolve_lane, self.hooks.check_form)
+        return compile_bundle(files, self.hooks.resolve_lane, self.hooks.check_form, self.hooks.property_problems)
 
     def deploy(self, files: list[BundleFile], actor: str | None = None) -> tuple[Definition, bool]:
         """Deploy a bundle; identical content returns the existing version (created=False)."""
@@ -179,9 +180,10 @@ class Engine:
         """Write a new instance at its start, not yet advanced (call `advance`)."""
         cached = self.specs.get(definition)
         workflow = BpmnWorkflow(cached.spec, cached.subprocess_specs, script_engine=self.script_engine)
-        if data:
+        start_data = {**(data or {}), **self.hooks.start_data(session, business_key)}
+        if start_data:
             for task in workflow.get_tasks(spec_name="Start"):
-                task.data.update(data)
+                task.data.update(start_data)
         now = clock.now()
         instance = Instance(
             definition_id=definition.id,
@@ -417,6 +419,9 @@ class Engine:
         for entry in ctx.history:
             self._history(session, instance, entry.pop("actor", actor), **entry)
         self._project(session, instance, workflow, ctx, now)
+        elements = ctx.cached.elements
+        self.hooks.on_elements(session, instance, [elements[e] for e in ctx.entered if e in elements],
+                               [elements[e] for e in ctx.completed_elements if e in elements], now)
         if "incident_id" in action:
             session.execute(update(Incident).where(Incident.id == action["incident_id"])
                             .values(status="resolved", resolved_at=now, resolved_by=action.get("retried_by", actor)))
@@ -488,6 +493,7 @@ class Engine:
         bpmn_id = getattr(task.task_spec, "bpmn_id", None)
         if not bpmn_id:
             return
+        ctx.entered.append(bpmn_id)
         ctx.completed_elements.append(bpmn_id)
         if isinstance(task.task_spec, ExclusiveGateway):
             taken = [c.task_spec.bpmn_id for c in task.children
@@ -508,8 +514,8 @@ class Engine:
     def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now) -> None:
         self._open_human_tasks(session, instance, workflow, ctx, now)
         waiting = workflow.get_tasks(state=TaskState.WAITING)
-        self._project_timers(session, instance, waiting)
-        self._project_subscriptions(session, instance, waiting)
+        ctx.entered += self._project_timers(session, instance, waiting)
+        ctx.entered += self._project_subscriptions(session, instance, waiting)
         for event in workflow.get_events():
             if isinstance(event.event_definition, MessageEventDefinition):
                 payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
@@ -573,12 +579,13 @@ class Engine:
                 created_at=now, claimed_at=now if routing.assignee else None, properties=properties,
             )
             session.add(row)
+            ctx.entered.append(row.element_id)
             self._history(session, instance, ctx.actor, "task_ready", element_id=row.element_id,
                           detail={"task_id": task_id, "role": routing.role, "org_unit": routing.org_unit,
                                   "assignee": routing.assignee})
         session.flush()
 
-    def _project_timers(self, session, instance, waiting) -> None:
+    def _project_timers(self, session, instance, waiting) -> list[str]:
         wanted = {}
         for task in waiting:
             definition = getattr(task.task_spec, "event_definition", None)
@@ -589,15 +596,18 @@ class Engine:
         rows = {row.id: row for row in session.scalars(select(Timer).where(Timer.instance_id == instance.id))}
         for timer_id in rows.keys() - wanted.keys():
             session.execute(delete(Timer).where(Timer.id == timer_id))
+        entered = []
         for timer_id, (task, due) in wanted.items():
             row = rows.get(timer_id)
             if row is None:
                 session.add(Timer(id=timer_id, instance_id=instance.id, element_id=task.task_spec.bpmn_id,
                                   due_at=due, status="waiting"))
+                entered.append(task.task_spec.bpmn_id)
             elif row.due_at != due:
                 row.due_at, row.lease_owner, row.lease_until, row.status = due, None, None, "waiting"
+        return entered
 
-    def _project_subscriptions(self, session, instance, waiting) -> None:
+    def _project_subscriptions(self, session, instance, waiting) -> list[str]:
         wanted = {}
         for task in waiting:
             definition = getattr(task.task_spec, "event_definition", None)
@@ -607,11 +617,14 @@ class Engine:
                                    .where(MessageSubscription.instance_id == instance.id)))
         for sub_id in rows - wanted.keys():
             session.execute(delete(MessageSubscription).where(MessageSubscription.id == sub_id))
+        entered = []
         for sub_id, (task, name) in wanted.items():
             if sub_id not in rows:
                 session.add(MessageSubscription(id=sub_id, instance_id=instance.id, name=name,
                                                 business_key=instance.business_key,
                                                 element_id=task.task_spec.bpmn_id))
+                entered.append(task.task_spec.bpmn_id)
+        return entered
 
     # ------------------------------------------------------------------ outbox
     def deliver_outbox(self, outbox_id: int) -> None:
@@ -675,6 +688,13 @@ class Engine:
         return incident_id
 
     # ----------------------------------------------------------------- history
+    def record_history(self, session, business_key: str, event: str, actor: str | None = None,
+                       instance_id: int | None = None, element_id: str | None = None,
+                       detail: dict | None = None) -> None:
+        """Append a history row for something the domain did (inside the caller's transaction)."""
+        self._history(session, None, actor, event, element_id=element_id, detail=detail,
+                      instance_id=instance_id, business_key=business_key)
+
     def _history(self, session, instance: Instance | None, actor, event: str, element_id: str | None = None,
                  detail: dict | None = None, instance_id: int | None = None, business_key: str | None = None):
         session.add(HistoryEvent(

@@ -51,8 +51,12 @@ class TimerWorker:
         return fired
 
 
-def build_scheduler(engine, poll_seconds: float = 5.0, blocking: bool = False, daily_hour: int = 6):
-    """Polling plus a date trigger at the next due time (real clock only) plus daily housekeeping."""
+def build_scheduler(engine, poll_seconds: float = 5.0, blocking: bool = False, daily_hour: int = 6,
+                    housekeeping=()):
+    """Polling plus a date trigger at the next due time (real clock only) plus daily housekeeping.
+
+    `housekeeping` callables (e.g. the legal-clock escalation of the domain) run on every poll.
+    """
     worker = TimerWorker(engine)
     scheduler = (BlockingScheduler if blocking else BackgroundScheduler)(timezone="UTC")
 
@@ -63,6 +67,11 @@ def build_scheduler(engine, poll_seconds: float = 5.0, blocking: bool = False, d
                 log.info("fired %d timers", count)
         except Exception:  # a database hiccup must not kill the scheduler thread
             log.exception("timer run failed")
+        for job in housekeeping:
+            try:
+                job()
+            except Exception:
+                log.exception("housekeeping job %s failed", getattr(job, "__name__", job))
         _schedule_next_due()
 
     def _schedule_next_due():

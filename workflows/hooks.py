@@ -6,8 +6,9 @@ from sqlalchemy import select
 from engine import clock
 from engine.hooks import EngineHooks, Routing
 
+from . import clocks
 from .forms import FormDefinitionError, parse_form
-from .models import Case, CaseReferent, Communication, Membership, User
+from .models import Case, CaseReferent, ClockRun, Communication, Membership, User
 from .pathways import HANDOFFS, SEVERITIES
 from .roles import ROLES, role_for_lane
 from .security import scope_unit
@@ -25,6 +26,11 @@ class DomainHooks(EngineHooks):
             parse_form(content, name)
         except FormDefinitionError as err:
             raise ValueError(str(err)) from None
+
+    def property_problems(self, properties: dict) -> list[str]:
+        unknown = [c for key in ("clock_start", "clock_stop")
+                   for c in clocks.clock_ids(properties.get(key)) if c not in clocks.CATALOGUE]
+        return [f"unknown legal clock '{c}' (see workflows/clocks.py)" for c in unknown]
 
     def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
         case = _case(session, business_key)
@@ -80,6 +86,42 @@ class DomainHooks(EngineHooks):
         severity = payload.get("gravetat") if isinstance(payload, dict) else None
         if severity in SEVERITIES:
             case.severity = severity
+
+
+    def start_data(self, session, business_key: str) -> dict:
+        case = _case(session, business_key)
+        if case is None or case.child_birth_date is None:
+            return {}
+        # Timers that depend on age (reviews, 16th and 18th birthdays) read it from here.
+        return {"data_naixement": case.child_birth_date.isoformat()}
+
+    def on_elements(self, session, instance, entered: list, completed: list, now) -> None:
+        """Start and stop the legal clocks the diagram attaches to these elements."""
+        case = None
+        for element in entered:
+            for clock_id in clocks.clock_ids(element.properties.get("clock_start")):
+                clock = clocks.CATALOGUE.get(clock_id)
+                if clock is None:
+                    continue
+                case = case or _case(session, instance.business_key)
+                if case is None:
+                    return
+                already = session.scalar(select(ClockRun.id).where(
+                    ClockRun.case_reference == case.reference, ClockRun.clock_id == clock_id,
+                    ClockRun.stopped_at.is_(None)))
+                if already is not None:
+                    continue
+                due = clocks.due_at(clock, now, case.child_birth_date)
+                session.add(ClockRun(case_reference=case.reference, instance_id=instance.id, clock_id=clock_id,
+                                     element_id=element.element_id, started_at=now, due_at=due,
+                                     at_risk_at=clocks.at_risk_at(clock, now, due)))
+        session.flush()
+        for element in completed:
+            for clock_id in clocks.clock_ids(element.properties.get("clock_stop")):
+                for run in session.scalars(select(ClockRun).where(
+                        ClockRun.case_reference == instance.business_key, ClockRun.clock_id == clock_id,
+                        ClockRun.stopped_at.is_(None))):
+                    run.stopped_at, run.stopped_by = now, element.element_id
 
 
 def _case(session, reference: str) -> Case | None:

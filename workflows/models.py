@@ -142,3 +142,22 @@ class CaseCounter(Base):
 
     year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ClockRun(Base):
+    """One running (or finished) legal clock of a case."""
+
+    __tablename__ = "legal_clock"
+    __table_args__ = (Index("ix_legal_clock_open_due", "stopped_at", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_reference: Mapped[str] = mapped_column(String(30), index=True)
+    instance_id: Mapped[int | None] = mapped_column(Integer)
+    clock_id: Mapped[str] = mapped_column(String(50))
+    element_id: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    at_risk_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_by: Mapped[str | None] = mapped_column(String(200))
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -8,6 +8,9 @@ BUNDLED_DIAGRAMS = Path(__file__).resolve().parent.parent / "bpmn"
 # The pathway a new notification starts.
 NOTIFICATION_PATHWAY = "deteccio"
 
+# Opens a supervisor's task when a legal clock is breached.
+ESCALATION_PATHWAY = "escalacio"
+
 # Hand-off message → (case status, legal status or None to keep it).
 HANDOFFS: dict[str, tuple[str, str | None]] = {
     "investigacio_iniciada": ("investigation", None),

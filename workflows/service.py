@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 
 from engine import clock
 from engine.bundle import BundleFile, bundles_from_directory
@@ -19,7 +19,7 @@ from engine.migrate import upgrade
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
 from engine.runtime import Engine
 
-from . import security
+from . import clocks, security
 from .forms import SubmissionInvalid, form_fields, validate_submission
 from .hooks import DomainHooks
 from .models import (
@@ -27,13 +27,15 @@ from .models import (
     Case,
     CaseCounter,
     CaseReferent,
+    ClockRun,
     Communication,
     FamilyMember,
     Notification,
     User,
 )
 from .orgunits import find_unit
-from .pathways import BUNDLED_DIAGRAMS, NOTIFICATION_PATHWAY
+from .pathways import BUNDLED_DIAGRAMS, ESCALATION_PATHWAY, NOTIFICATION_PATHWAY
+from .roles import COMARCA, MUNICIPALITY, ROLES, SECTION
 from .security import Principal
 
 DOMAIN_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
@@ -433,6 +435,84 @@ class Camins:
         instances = self.engine.deliver_message(name, case_reference, _plain_data(payload), principal.username)
         return {"name": name, "case_reference": case_reference, "instance_ids": instances}
 
+    # ------------------------------------------------------------ legal clocks
+    def case_clocks(self, principal: Principal, reference: str) -> list[dict]:
+        with self.db.write() as session:
+            self._visible_case(session, principal, reference)
+            runs = session.scalars(select(ClockRun).where(ClockRun.case_reference == reference)
+                                   .order_by(ClockRun.started_at, ClockRun.id)).all()
+            self._log_access(session, principal, reference, "read_clocks", f"case/{reference}/clocks")
+            now = clock.now()
+            return [_clock_view(r, now) for r in runs]
+
+    def scope_clocks(self, principal: Principal, status: str | None = None, page: int = 1,
+                     per_page: int = 50) -> Page:
+        """Running clocks of every case the supervisor oversees, soonest due first."""
+        scopes = []
+        for grant in principal.grants:
+            role = ROLES.get(grant.role)
+            if role is None or not role.supervisor:
+                continue
+            column = {MUNICIPALITY: Case.municipality, COMARCA: Case.comarca, SECTION: Case.section}.get(role.level)
+            if column is not None:
+                scopes.append(column == grant.unit)
+        if not scopes:
+            raise Forbidden("only supervisors see the legal clocks of their territory")
+        now = clock.now()
+        query = (select(ClockRun).join(Case, Case.reference == ClockRun.case_reference)
+                 .where(or_(*scopes), ClockRun.stopped_at.is_(None)))
+        if status == "breached":
+            query = query.where(ClockRun.due_at <= now)
+        elif status == "at_risk":
+            query = query.where(ClockRun.at_risk_at <= now, ClockRun.due_at > now)
+        elif status == "on_time":
+            query = query.where(ClockRun.at_risk_at > now)
+        with self.db.read() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(ClockRun.due_at, ClockRun.id)
+                                   .offset((page - 1) * per_page).limit(per_page)).all()
+            return Page([_clock_view(r, now) for r in rows], total, page, per_page)
+
+    def escalate_breached_clocks(self, limit: int = 100) -> int:
+        """Open a supervisor task for every running clock past its due time, once; write history."""
+        now = clock.now()
+        with self.db.read() as session:
+            ids = session.scalars(select(ClockRun.id).where(ClockRun.stopped_at.is_(None), ClockRun.due_at <= now,
+                                                            ClockRun.escalated_at.is_(None))
+                                  .order_by(ClockRun.due_at).limit(limit)).all()
+        opened = 0
+        for run_id in ids:
+            instance_id = self._open_escalation(run_id, now)
+            if instance_id is None:
+                continue
+            opened += 1
+            try:
+                self.engine.advance(instance_id, "legal-clocks")
+            except IncidentOpened:
+                pass  # the incident is on the escalation instance; supervisors see it
+        return opened
+
+    def _open_escalation(self, run_id: int, now: datetime) -> int | None:
+        with self.db.write() as session:
+            marked = session.execute(update(ClockRun).where(ClockRun.id == run_id, ClockRun.escalated_at.is_(None))
+                                     .values(escalated_at=now))
+            if marked.rowcount != 1:
+                return None  # another worker escalated it
+            run = session.get(ClockRun, run_id)
+            legal = clocks.CATALOGUE.get(run.clock_id)
+            definition = self.engine.latest_definition(session, ESCALATION_PATHWAY)
+            self.engine.record_history(session, run.case_reference, "clock_breached", actor="legal-clocks",
+                                       instance_id=run.instance_id, element_id=run.element_id,
+                                       detail={"clock_id": run.clock_id, "due_at": run.due_at.isoformat(),
+                                               "article": legal.article if legal else None})
+            if definition is None or legal is None:
+                return None
+            instance = self.engine.create_instance(
+                session, definition, run.case_reference,
+                {"nivell": legal.supervisor_level, "termini": run.clock_id, "article": legal.article,
+                 "venciment": run.due_at.isoformat()}, "legal-clocks", parent_instance_id=run.instance_id)
+            return instance.id
+
     def retry_incident(self, principal: Principal, incident_id: int) -> dict:
         _require_db_id(incident_id, "incident")
         with self.db.read() as session:
@@ -445,6 +525,16 @@ class Camins:
                 raise Forbidden("only supervisors and analysts may retry incidents")
         result = self.engine.retry_incident(incident_id, principal.username)
         return {"instance_id": result.instance_id, "instance_status": result.status}
+
+
+def _clock_view(run: ClockRun, now: datetime) -> dict:
+    clock = clocks.CATALOGUE.get(run.clock_id)
+    return {"id": run.id, "clock_id": run.clock_id, "case_reference": run.case_reference,
+            "label": clock.label if clock else run.clock_id, "article": clock.article if clock else None,
+            "rule": clock.rule.describe() if clock else None, "started_at": run.started_at,
+            "due_at": run.due_at, "at_risk_at": run.at_risk_at, "stopped_at": run.stopped_at,
+            "status": clocks.status(now, run.due_at, run.at_risk_at, run.stopped_at),
+            "escalated_at": run.escalated_at, "instance_id": run.instance_id, "element_id": run.element_id}
 
 
 def _require_db_id(value: int, what: str) -> None:

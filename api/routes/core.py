@@ -22,9 +22,11 @@ definitions_blp = Blueprint("definitions", __name__, url_prefix="/api/definition
 messages_blp = Blueprint("messages", __name__, url_prefix="/api/messages",
                          description="Acts of external parties, delivered to a case")
 incidents_blp = Blueprint("incidents", __name__, url_prefix="/api/incidents", description="Incidents")
+clocks_blp = Blueprint("clocks", __name__, url_prefix="/api/clocks",
+                       description="Legal clocks of the cases a supervisor oversees")
 
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
-              incidents_blp]
+              incidents_blp, clocks_blp]
 MAX_UPLOAD_FILES = 100
 
 
@@ -129,6 +131,25 @@ class CaseView(MethodView):
     def get(self, reference):
         """A case: child, municipality, instances, open tasks, history. Out of scope answers 404."""
         return camins().get_case(g.principal, reference)
+
+
+@cases_blp.route("/<string:reference>/clocks")
+class CaseClocksView(MethodView):
+    @cases_blp.response(200, s.ClockList)
+    @authenticated
+    def get(self, reference):
+        """Every legal clock of the case, with its article and status (on time, at risk, breached, met, late)."""
+        return {"items": camins().case_clocks(g.principal, reference)}
+
+
+@clocks_blp.route("")
+class ScopeClocksView(MethodView):
+    @clocks_blp.arguments(s.ClockFilterArgs, location="query")
+    @clocks_blp.response(200, s.ClockPage)
+    @authenticated
+    def get(self, args):
+        """Supervisors: running clocks of every case in their territory, soonest due first."""
+        return _page(camins().scope_clocks(g.principal, args.get("status"), args["page"], args["per_page"]))
 
 
 @instances_blp.route("")
