@@ -130,7 +130,13 @@ class Http:
         headers = kwargs.pop("headers", {})
         if user:
             headers["Authorization"] = f"Bearer {self.login(user)}"
-        return requests.request(method, f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+        response = requests.request(method, f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+        if user and response.status_code == 401:
+            # Simulated time moved past the token's expiry: log in again, as a user would.
+            self.tokens.pop(user, None)
+            headers["Authorization"] = f"Bearer {self.login(user)}"
+            response = requests.request(method, f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+        return response
 
     def get(self, path, user=None, **kw):
         return self.call("GET", path, user, **kw)

@@ -4,9 +4,8 @@ Revision ID: w0002
 Revises: w0001
 Create Date: 2026-11-23 04:16:40.711187
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = 'w0002'
 down_revision = 'w0001'
