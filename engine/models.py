@@ -80,6 +80,8 @@ class Instance(Base):
     # Element ids, kept in step with the state so that no read deserializes it.
     active_elements: Mapped[list] = mapped_column(JSON, default=list)
     completed_elements: Mapped[list] = mapped_column(JSON, default=list)
+    # Sequence flow ids this instance has crossed (bounded by the diagram's size).
+    taken_flows: Mapped[list] = mapped_column(JSON, default=list)
     definition: Mapped[Definition] = relationship()
 
 

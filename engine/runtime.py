@@ -105,6 +105,26 @@ def _failed_element(err: Exception) -> str | None:
     return getattr(spec, "bpmn_id", None) or getattr(err, "task_id", None)
 
 
+_REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
+
+
+def _crossed_flows(workflow: BpmnWorkflow, flows: dict) -> set[str]:
+    """Sequence flows between each reached element and the nearest diagram element above it."""
+    crossed = set()
+    for task in workflow.get_tasks(state=_REACHED):
+        target = getattr(task.task_spec, "bpmn_id", None)
+        if not target:
+            continue
+        parent = task.parent
+        while parent is not None and not getattr(parent.task_spec, "bpmn_id", None):
+            parent = parent.parent
+        if parent is not None:
+            flow = flows.get((parent.task_spec.bpmn_id, target))
+            if flow:
+                crossed.add(flow)
+    return crossed
+
+
 def _timer_due(task) -> datetime | None:
     value = task.internal_data.get("event_value")
     if isinstance(value, dict):
@@ -199,6 +219,7 @@ class Engine:
             parent_instance_id=parent_instance_id,
             active_elements=[],
             completed_elements=[],
+            taken_flows=[],
         )
         session.add(instance)
         session.flush()
@@ -402,13 +423,14 @@ class Engine:
         active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
             state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
         completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
+        taken = sorted(set(instance.taken_flows or []) | _crossed_flows(workflow, cached.flows))
         new_version = instance.version + 1
         result = session.execute(
             update(Instance)
             .where(Instance.id == instance.id, Instance.version == instance.version)
             .values(state=self.serializer.dumps(workflow), version=new_version, status=status, updated_at=now,
                     ended_at=now if status == "completed" else None, active_elements=active,
-                    completed_elements=completed, serializer_version=STATE_FORMAT)
+                    completed_elements=completed, taken_flows=taken, serializer_version=STATE_FORMAT)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .bundle import BundleFile, compile_bundle
+from .bundle import NS, BundleFile, compile_bundle
 from .models import Definition
+from .xmlsafe import parse_xml
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class CachedSpec:
     subprocess_specs: dict
     elements: dict[str, ElementInfo]
     forms: dict[str, bytes]
+    # (source element id, target element id) → sequence flow id, for flow coverage.
+    flows: dict[tuple[str, str], str]
 
 
 class SpecCache:
@@ -68,4 +71,9 @@ def _cached_from(compiled) -> CachedSpec:
                 properties=dict(extensions.get("properties") or {}),
             )
     forms = {f.name: f.content for f in compiled.files if f.kind == "form"}
-    return CachedSpec(compiled.spec, compiled.subprocess_specs, elements, forms)
+    flows = {}
+    for f in compiled.files:
+        if f.kind == "bpmn":
+            for flow in parse_xml(f.content).iterfind(".//bpmn:sequenceFlow", NS):
+                flows[(flow.get("sourceRef"), flow.get("targetRef"))] = flow.get("id")
+    return CachedSpec(compiled.spec, compiled.subprocess_specs, elements, forms, flows)

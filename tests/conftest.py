@@ -19,6 +19,7 @@ from api import create_app
 from engine import clock
 from engine.clock import ManualClock
 from engine.db import Base
+from tests import flow_coverage
 from workflows.demo import DEMO_PASSWORD, create_demo_users
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
@@ -98,11 +99,12 @@ def manual_clock():
 
 
 @pytest.fixture
-def camins(database_url, manual_clock):
+def camins(database_url, manual_clock, request):
     _empty_tables(database_url)
     instance = Camins(database_url)
     instance.deploy_directory(BUNDLED_DIAGRAMS)
     yield instance
+    flow_coverage.record(request.node.nodeid, instance)
     instance.close()
 
 
@@ -159,3 +161,13 @@ def server(camins):
 @pytest.fixture
 def http(server) -> Http:
     return Http(server)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    flow_coverage.write_report(session)
+
+
+def pytest_terminal_summary(terminalreporter):
+    summary = flow_coverage.summary()
+    if summary:
+        terminalreporter.write_line(summary)

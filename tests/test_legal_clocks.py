@@ -1,7 +1,7 @@
 """Legal clocks: started and stopped by the diagram, at risk, breached, escalated to the supervisor."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -91,8 +91,8 @@ def test_every_deadline_of_the_domain_is_in_the_catalogue_with_its_article():
 
 
 @pytest.mark.parametrize("birth, start, due", [
-    (date(2024, 1, 10), datetime(2026, 11, 20, tzinfo=timezone.utc), "2027-02-20"),  # 2 y 10 m: 3 months
-    (date(2023, 11, 1), datetime(2026, 11, 20, tzinfo=timezone.utc), "2027-05-20"),  # just turned 3: 6 months
+    (date(2024, 1, 10), datetime(2026, 11, 20, tzinfo=UTC), "2027-02-20"),  # 2 y 10 m: 3 months
+    (date(2023, 11, 1), datetime(2026, 11, 20, tzinfo=UTC), "2027-05-20"),  # just turned 3: 6 months
 ])
 def test_review_cadence_depends_on_age_when_the_clock_starts(birth, start, due):
     assert clocks.due_at(clocks.CATALOGUE["municipal_review"], start, birth).date().isoformat() == due

@@ -2,7 +2,7 @@
 
 Revision ID: w0002
 Revises: w0001
-Create Date: 2026-11-23 04:16:40.711187
+
 """
 import sqlalchemy as sa
 from alembic import op
