@@ -133,6 +133,9 @@ class HistoryItem(Schema):
 class InstanceSummary(Schema):
     id = fields.Integer()
     process_key = fields.String()
+    name = fields.String()
+    parent_instance_id = fields.Integer(allow_none=True, metadata={
+        "description": "the instance whose hand-off message started this one: the case's journey"})
     version = fields.Integer()
     status = fields.String()
     started_at = fields.DateTime()

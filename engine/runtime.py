@@ -244,7 +244,7 @@ class Engine:
         return self._step(instance_id, {"kind": "complete", "task_id": task_id, "data": data}, actor)
 
     def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
-                        outbox_id: int | None = None) -> list[int]:
+                        outbox_id: int | None = None, source_instance_id: int | None = None) -> list[int]:
         """Deliver to every instance of the business key waiting for it, or start one.
 
         Returns the ids of the instances that received the message; raises
@@ -271,7 +271,8 @@ class Engine:
         for definition_id in starters:
             with self.db.write() as session:
                 definition = session.get(Definition, definition_id)
-                instance = self.create_instance(session, definition, business_key, None, actor)
+                instance = self.create_instance(session, definition, business_key, None, actor,
+                                                parent_instance_id=source_instance_id)
                 instance_id = instance.id
             self._step(instance_id, action, actor)
             started.append(instance_id)
@@ -658,7 +659,8 @@ class Engine:
             name, business_key, payload = outbox.name, outbox.business_key, dict(outbox.payload or {})
             source = outbox.source_instance_id
         try:
-            self.deliver_message(name, business_key, payload, actor=None, outbox_id=outbox_id)
+            self.deliver_message(name, business_key, payload, actor=None, outbox_id=outbox_id,
+                                 source_instance_id=source)
         except NotFound:
             with self.db.write() as session:
                 done = session.execute(update(Outbox).where(Outbox.id == outbox_id, Outbox.status == "pending")

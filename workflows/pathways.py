@@ -18,6 +18,17 @@ HANDOFFS: dict[str, tuple[str, str | None]] = {
     "valoracio_sense_risc": ("closed_no_risk", None),
     "derivacio_intervencio_municipal": ("municipal_intervention", None),
     "derivacio_proteccio_imas": ("imas_protection", None),
+    "intervencio_tancada": ("closed", None),
+    "inici_reunificacio": ("family_reunification", "tutela"),
+    "inici_acolliment": ("foster_care", "tutela"),
+    "inici_adopcio": ("adoption", "tutela"),
+    "inici_emancipacio": ("emancipation", None),
+    "reunificacio_tancada": ("closed_reunified", "none"),
+    "acolliment_finalitzat": ("foster_care_ended", None),
+    "adopcio_constituida": ("closed_adopted", "none"),
+    "adopcio_no_constituida": ("adoption_not_constituted", None),
+    "emancipacio_finalitzada": ("closed_emancipated", "none"),
+    "emancipacio_rebutjada": ("emancipation_refused", None),
 }
 
 SEVERITIES = ("sense_risc", "lleu", "moderat", "greu", "desemparament")

@@ -377,9 +377,10 @@ class Camins:
 
     def _instance_summary(self, session, instance: Instance) -> dict:
         definition = session.get(Definition, instance.definition_id)
-        return dict(id=instance.id, process_key=instance.process_key, version=definition.version,
-                    status=instance.status, started_at=instance.started_at, ended_at=instance.ended_at,
-                    active_elements=instance.active_elements or [])
+        return dict(id=instance.id, process_key=instance.process_key, name=definition.name,
+                    version=definition.version, status=instance.status, started_at=instance.started_at,
+                    ended_at=instance.ended_at, active_elements=instance.active_elements or [],
+                    parent_instance_id=instance.parent_instance_id)
 
     def get_instance(self, principal: Principal, instance_id: int) -> dict:
         _require_db_id(instance_id, "instance")
