@@ -12,11 +12,12 @@ import logging
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from uuid import UUID
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid5
 
 from SpiffWorkflow.bpmn import BpmnEvent, BpmnWorkflow
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDefinition
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
 from SpiffWorkflow.util.task import TaskState
@@ -105,6 +106,22 @@ def _failed_element(err: Exception) -> str | None:
     return getattr(spec, "bpmn_id", None) or getattr(err, "task_id", None)
 
 
+def _event_definitions(task) -> list:
+    """The event definitions a waiting task waits for (an event-based gateway waits for several)."""
+    definition = getattr(task.task_spec, "event_definition", None)
+    if isinstance(definition, MultipleEventDefinition):
+        return list(definition.event_definitions)
+    return [definition] if definition is not None else []
+
+
+def _waits_for_timer(task) -> bool:
+    return any(isinstance(d, TimerEventDefinition) for d in _event_definitions(task))
+
+
+def _message_definitions(task) -> list[MessageEventDefinition]:
+    return [d for d in _event_definitions(task) if isinstance(d, MessageEventDefinition)]
+
+
 _REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
 
 
@@ -132,7 +149,10 @@ def _timer_due(task) -> datetime | None:
     if not value:
         return None
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment
+    if not isinstance(moment, datetime):  # a plain date: midnight
+        moment = datetime(moment.year, moment.month, moment.day)
+    # Spiff compares naive values as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Engine:
@@ -257,6 +277,8 @@ class Engine:
                 .where(MessageSubscription.name == name, MessageSubscription.business_key == business_key)
                 .distinct()
             ).all()
+            if len(waiting) > 1 and source_instance_id is not None:
+                waiting = self._nearest_ancestor(session, source_instance_id, waiting) or waiting
             starters = [] if waiting else self._message_start_definitions(session, name)
         action = {"kind": "message", "name": name, "payload": payload}
         if outbox_id is not None:
@@ -277,6 +299,23 @@ class Engine:
             self._step(instance_id, action, actor)
             started.append(instance_id)
         return started
+
+    @staticmethod
+    def _nearest_ancestor(session, instance_id: int, candidates, max_depth: int = 10000) -> list[int]:
+        """A reply goes back up the chain that started its sender, not to every waiting instance.
+
+        When two pathways of a case wait for the same message (say, two measures each waiting for
+        the end of their reviews), the one that started the sender's chain receives it.
+        """
+        wanted = set(candidates)
+        current = instance_id
+        for _ in range(max_depth):
+            current = session.scalar(select(Instance.parent_instance_id).where(Instance.id == current))
+            if current is None:
+                return []
+            if current in wanted:
+                return [current]
+        return []
 
     def _message_start_definitions(self, session, name: str) -> list[int]:
         latest: dict[str, Definition] = {}
@@ -483,12 +522,12 @@ class Engine:
             return
         if kind == "message":
             name = action["name"]
-            waiting = [t for t in workflow.get_tasks(state=TaskState.WAITING)
-                       if isinstance(getattr(t.task_spec, "event_definition", None), MessageEventDefinition)
-                       and t.task_spec.event_definition.name == name]
+            waiting = [(t, d) for t in workflow.get_tasks(state=TaskState.WAITING)
+                       for d in _message_definitions(t) if d.name == name]
             if not waiting:
                 raise Conflict(f"the instance no longer waits for message '{name}'")
-            event = BpmnEvent(waiting[0].task_spec.event_definition, payload=action.get("payload") or {})
+            event = BpmnEvent(waiting[0][1], payload=action.get("payload") or {})
+            waiting = [t for t, _d in waiting]
             try:
                 workflow.send_event(event)
             except Exception as err:
@@ -611,8 +650,7 @@ class Engine:
     def _project_timers(self, session, instance, waiting) -> list[str]:
         wanted = {}
         for task in waiting:
-            definition = getattr(task.task_spec, "event_definition", None)
-            if isinstance(definition, TimerEventDefinition):
+            if _waits_for_timer(task):
                 due = _timer_due(task)
                 if due is not None:
                     wanted[str(task.id)] = (task, due)
@@ -633,9 +671,9 @@ class Engine:
     def _project_subscriptions(self, session, instance, waiting) -> list[str]:
         wanted = {}
         for task in waiting:
-            definition = getattr(task.task_spec, "event_definition", None)
-            if isinstance(definition, MessageEventDefinition):
-                wanted[str(task.id)] = (task, definition.name)
+            for definition in _message_definitions(task):
+                # One row per message; an event-based gateway waits for several on one task.
+                wanted[str(uuid5(task.id, definition.name))] = (task, definition.name)
         rows = set(session.scalars(select(MessageSubscription.id)
                                    .where(MessageSubscription.instance_id == instance.id)))
         for sub_id in rows - wanted.keys():
