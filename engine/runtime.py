@@ -333,7 +333,7 @@ class Engine:
         with self.db.write() as session:
             query = (
                 select(Timer.id)
-                .where(Timer.status == "waiting", Timer.due_at <= now)
+                .where(Timer.status == "waiting", Timer.due_at < now)  # Spiff fires strictly after due
                 .where((Timer.lease_until.is_(None)) | (Timer.lease_until < now))
                 .order_by(Timer.due_at)
                 .limit(limit)

@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-CHECKERS = ["diagram_checks", "diagram_checks_p3"]
+CHECKERS = ["diagram_checks", "diagram_checks_p3", "diagram_checks_p678"]
 
 
 @pytest.mark.parametrize("checker", CHECKERS)

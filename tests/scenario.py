@@ -1,0 +1,116 @@
+"""A small language for scenario tests: act on a case as its professionals would, over HTTP.
+
+Form data is generated from each task's own form (every required field gets a valid value),
+so a scenario only states the decisions that choose its path.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from engine import clock
+from engine.models import HumanTask, Instance
+from tasks.worker import TimerWorker
+from workflows.demo import DEMO_USERS
+
+from .pathway_driver import notification
+
+USERS_BY_QUEUE: dict[tuple[str, str], list[str]] = {}
+for _user, _role, _unit in DEMO_USERS:
+    from workflows.orgunits import find_unit
+
+    USERS_BY_QUEUE.setdefault((_role, find_unit(_unit).code), []).append(_user)
+
+SUPERVISOR = {"manacor": "coord.manacor", "son-servera": "coord.sonservera", "inca": "coord.inca",
+              "palma": "coord.palma"}
+
+
+def sample_value(field: dict):
+    kind = field["type"]
+    if field.get("values"):
+        return field["values"][0]["value"]
+    if kind == "checkbox":
+        return False
+    if kind == "number":
+        validate = field.get("validate") or {}
+        return validate.get("min", 1)
+    if kind == "datetime":
+        return clock.now().date().isoformat()
+    return "Text d'exemple"
+
+
+def sample_data(form: dict, overrides: dict) -> dict:
+    from workflows.forms import form_fields
+
+    data = {}
+    for field in form_fields(form):
+        if field.get("disabled"):
+            continue
+        if field["required"] or field["type"] in ("radio", "select", "checkbox"):
+            data[field["key"]] = sample_value(field)
+    data.update(overrides)
+    return data
+
+
+class Case:
+    """One case driven through its pathways by the demo professionals."""
+
+    def __init__(self, http, camins, municipality: str = "Manacor", birth_date: str = "2015-04-01"):
+        self.http, self.camins = http, camins
+        response = http.post("/api/notifications", "notificant.escola", json=notification(municipality, birth_date))
+        assert response.status_code == 201, response.text
+        self.reference = response.json()["case_reference"]
+        from workflows.orgunits import find_unit
+        self.municipality = find_unit(municipality).code
+        self.supervisor = SUPERVISOR[self.municipality]
+
+    def open_task(self, element_id: str) -> HumanTask:
+        with self.camins.db.read() as session:
+            tasks = session.scalars(select(HumanTask).where(HumanTask.business_key == self.reference,
+                                                            HumanTask.element_id == element_id,
+                                                            HumanTask.state == "open")).all()
+        assert len(tasks) == 1, f"{element_id}: {len(tasks)} open tasks; open: {self.open_elements()}"
+        return tasks[0]
+
+    def open_elements(self) -> list[str]:
+        with self.camins.db.read() as session:
+            return sorted(session.scalars(select(HumanTask.element_id).where(
+                HumanTask.business_key == self.reference, HumanTask.state == "open")))
+
+    def do(self, element_id: str, **decisions) -> dict:
+        """Complete the open task of `element_id` as a professional of its queue."""
+        task = self.open_task(element_id)
+        candidates = [u for u in USERS_BY_QUEUE.get((task.role, task.org_unit), []) if u != task.distinct_from_user]
+        user = task.assignee or candidates[0]
+        detail = self.http.get(f"/api/tasks/{task.id}", user)
+        assert detail.status_code == 200, detail.text
+        data = sample_data(detail.json()["form"], decisions)
+        response = self.http.post(f"/api/tasks/{task.id}/complete", user, json={"data": data})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def send(self, name: str, payload: dict | None = None, user: str | None = None) -> list[int]:
+        response = self.http.post("/api/messages", user or self.supervisor,
+                                  json={"name": name, "case_reference": self.reference, "payload": payload or {}})
+        assert response.status_code == 202, response.text
+        return response.json()["instance_ids"]
+
+    def wait(self, manual_clock, delta: timedelta) -> int:
+        """Let time pass and run a worker, as the scheduler would."""
+        manual_clock.advance(delta)
+        return TimerWorker(self.camins.engine).run_once()
+
+    def view(self, user: str | None = None) -> dict:
+        response = self.http.get(f"/api/cases/{self.reference}", user or self.supervisor)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def instances(self, process_key: str) -> list[Instance]:
+        with self.camins.db.read() as session:
+            return session.scalars(select(Instance).where(Instance.business_key == self.reference,
+                                                          Instance.process_key == process_key)
+                                   .order_by(Instance.id)).all()
+
+    def thrown(self) -> list[str]:
+        return [h["detail"]["name"] for h in self.view()["history"] if h["event"] == "message_thrown"]
