@@ -459,6 +459,8 @@ class Engine:
             _current_step.reset(token)
 
         now = clock.now()
+        # Take the thrown messages out before serializing, or the saved state would throw them again.
+        thrown = workflow.get_events()
         status = "completed" if workflow.is_completed() else "running"
         active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
             state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
@@ -480,7 +482,7 @@ class Engine:
         self._close_human_tasks(session, instance, workflow, ctx, now)
         for entry in ctx.history:
             self._history(session, instance, entry.pop("actor", actor), **entry)
-        self._project(session, instance, workflow, ctx, now)
+        self._project(session, instance, workflow, ctx, now, thrown)
         elements = ctx.cached.elements
         self.hooks.on_elements(session, instance, [elements[e] for e in ctx.entered if e in elements],
                                [elements[e] for e in ctx.completed_elements if e in elements], now)
@@ -573,12 +575,13 @@ class Engine:
         return json.dumps(result)
 
     # ------------------------------------------------------------ projections
-    def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now) -> None:
+    def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now,
+                 thrown: list) -> None:
         self._open_human_tasks(session, instance, workflow, ctx, now)
         waiting = workflow.get_tasks(state=TaskState.WAITING)
         ctx.entered += self._project_timers(session, instance, waiting)
         ctx.entered += self._project_subscriptions(session, instance, waiting)
-        for event in workflow.get_events():
+        for event in thrown:
             if isinstance(event.event_definition, MessageEventDefinition):
                 payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
                 outbox = Outbox(source_instance_id=instance.id, name=event.event_definition.name,

@@ -114,3 +114,9 @@ class Case:
 
     def thrown(self) -> list[str]:
         return [h["detail"]["name"] for h in self.view()["history"] if h["event"] == "message_thrown"]
+
+    def clocks(self) -> dict[str, dict]:
+        """clock id → the latest run of that legal clock on the case."""
+        response = self.http.get(f"/api/cases/{self.reference}/clocks", self.supervisor)
+        assert response.status_code == 200, response.text
+        return {c["clock_id"]: c for c in response.json()["items"]}
