@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-CHECKERS = ["diagram_checks", "diagram_checks_p3", "diagram_checks_p678"]
+CHECKERS = ["diagram_checks", "diagram_checks_p3", "diagram_checks_p45", "diagram_checks_p678"]
 
 
 @pytest.mark.parametrize("checker", CHECKERS)
@@ -29,5 +29,6 @@ def test_every_bundled_diagram_deploys_cleanly():
     hooks = DomainHooks()
     keys = [compile_bundle(files, hooks.resolve_lane, hooks.check_form, hooks.property_problems).process_key
             for files in bundles_from_directory(BUNDLED_DIAGRAMS)]
-    for expected in ("deteccio", "investigacio", "intervencio", "revisio", "escalacio"):
+    for expected in ("deteccio", "investigacio", "intervencio", "revisio", "escalacio", "proteccio", "reunificacio",
+                     "acolliment", "familia_acollidora", "adopcio", "sollicitants_adopcio", "emancipacio"):
         assert expected in keys

@@ -16,6 +16,10 @@ OUTCOME = {
 }
 
 
+NEXT_PATHWAY = {"sense_risc": [], "lleu": ["intervencio"], "moderat": ["intervencio"], "greu": ["proteccio"],
+                "desemparament": ["proteccio"]}
+
+
 def _through_assessment(http, reference: str, severity: str) -> None:
     work(http, "adm.sonservera", reference, "registre_notificacio")
     work(http, "ts.sonservera", reference, "valorar_urgencia")
@@ -37,11 +41,16 @@ def test_notification_reaches_each_severity_outcome(http, severity):
     view = case(http, "coord.sonservera", reference)
     assert view["status"] == status
     assert view["severity"] == severity
-    assert [i["process_key"] for i in view["instances"]] == ["deteccio", "investigacio"]
-    assert all(i["status"] == "completed" for i in view["instances"])
+    deteccio, investigacio, *handed_on = view["instances"]
+    assert (deteccio["process_key"], investigacio["process_key"]) == ("deteccio", "investigacio")
+    assert deteccio["status"] == investigacio["status"] == "completed"
+    assert investigacio["parent_instance_id"] == deteccio["id"]
+    # The outcome starts the next pathway of the journey (none after "no risk").
+    assert [i["process_key"] for i in handed_on] == NEXT_PATHWAY[severity]
+    assert all(i["parent_instance_id"] == investigacio["id"] for i in handed_on)
     thrown = [h["detail"]["name"] for h in view["history"] if h["event"] == "message_thrown"]
     assert thrown == ["investigacio_iniciada", message]
-    assert view["open_tasks"] == []
+    assert {t["process_key"] for t in view["open_tasks"]} == set(NEXT_PATHWAY[severity])
     recipients = [c["recipient"] for c in view["communications"]]
     assert "RUMI" in recipients
 
@@ -80,7 +89,7 @@ def test_urgent_path_goes_to_imas_intake(http):
     view = case(http, "coord.inca", reference)
     assert view["status"] == "urgent_protection"
     assert view["legal_status"] == "guarda_provisional"
-    assert [i["process_key"] for i in view["instances"]] == ["deteccio"]
+    assert [i["process_key"] for i in view["instances"]] == ["deteccio", "proteccio"]
 
 
 def test_rejected_validation_returns_to_the_assessor(http):
