@@ -70,8 +70,8 @@ def test_deploy_versions_and_running_instances_stay(http, camins):
 
 def test_bundled_pathways_redeploy_unchanged(camins):
     results = camins.deploy_directory(BUNDLED_DIAGRAMS)
-    assert sorted((d.process_key, d.version, created) for d, created in results) == \
-        [("deteccio", 1, False), ("investigacio", 1, False)]
+    assert len(results) == len(list(BUNDLED_DIAGRAMS.glob("*.bpmn")))
+    assert all(d.version == 1 and not created for d, created in results)
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -54,6 +54,7 @@ def test_imas_decision_clock_on_time_at_risk_breached_and_escalated(http, camins
     breached = [h for h in history if h["event"] == "clock_breached"]
     assert len(breached) == 1 and breached[0]["detail"]["clock_id"] == "imas_decision"
 
+    work(http, "cap.llevant", reference, "escalacio_seccio")
     # Deciding stops the clock, late.
     work(http, "intake.imas", reference, "decisio_imas")
     assert _clock(http, "coord.sonservera", reference, "imas_decision")["status"] == "late"
@@ -110,3 +111,25 @@ def test_unknown_clock_in_a_diagram_is_refused_at_deploy(http):
                                 ("files", ("escalacio_revisar.form", form, "application/json"))])
     assert response.status_code == 422
     assert any("termini_inventat" in p["message"] for p in response.json()["problems"])
+
+
+def test_municipal_clock_breach_goes_to_the_municipal_coordinator(http, camins, manual_clock):
+    from .scenario import Case
+
+    case = Case(http, camins, "Manacor")
+    case.send("derivacio_intervencio_municipal", {"gravetat": "moderat", "puntuacio": 7, "retornat_per_imas": False})
+    case.do("elaborar_projecte_intervencio")
+    case.do("proposar_conveni")
+    case.send("negativa_familia", {})
+    case.do("iniciar_procediment_risc")
+    case.send("al_legacions_presentades", {})
+    # The proposal to the commission is due in 10 days (art. 111); nobody writes it.
+    manual_clock.advance(timedelta(days=11))
+    assert case.clocks()["risk_proposal"]["status"] == "breached"
+    assert camins.escalate_breached_clocks() == 1
+    assert "escalacio_municipal" in case.open_elements()
+    task_in_inbox(http, "coord.manacor", case.reference, "escalacio_municipal")
+    assert http.get(f"/api/tasks?case={case.reference}", "coord.sonservera").json()["items"] == []
+    case.do("escalacio_municipal", accio="reclamar")
+    case.do("proposta_declaracio_risc", proposa_declarar_risc=False)
+    assert case.clocks()["risk_proposal"]["status"] == "late"

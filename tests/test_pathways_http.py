@@ -249,3 +249,28 @@ def test_no_personal_data_reaches_the_logs(http, caplog):
     assert caplog.records, "the scenario should have logged something (HTTP access at least)"
     for personal in ("Aina", "Ferrer Pons", "2015-04-01", "Absències", "CEIP Son Servera"):
         assert personal not in logged
+
+
+def test_imas_returns_the_case_to_the_municipality(http):
+    reference = notify(http)
+    _through_assessment(http, reference, "greu")
+    work(http, "intake.imas", reference, "decisio_imas", {"imas_accepta": False})
+    view = case(http, "coord.sonservera", reference)
+    assert view["status"] == "municipal_intervention"
+    assert [i["process_key"] for i in view["instances"]] == ["deteccio", "investigacio", "intervencio"]
+
+
+def test_twenty_days_without_imas_decision_escalates_inside_the_pathway(http, camins, manual_clock):
+    from datetime import timedelta
+
+    from tasks.worker import TimerWorker
+
+    reference = notify(http)
+    _through_assessment(http, reference, "desemparament")
+    manual_clock.advance(timedelta(days=20, minutes=1))
+    assert TimerWorker(camins.engine).run_once() == 1
+    assert who_sees(http, reference, ["cap.llevant", "cap.ponent", "intake.imas"]) == {
+        "decisio_imas": ["intake.imas"], "revisar_termini_vencut": ["cap.llevant"]}
+    work(http, "cap.llevant", reference, "revisar_termini_vencut")
+    work(http, "intake.imas", reference, "decisio_imas")
+    assert case(http, "coord.sonservera", reference)["status"] == "imas_protection"

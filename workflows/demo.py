@@ -59,6 +59,8 @@ TASK_DATA = {
     "validar_valoracio": {"valoracio_validada": True, "observacions": "Conforme."},
     "decisio_imas": {"imas_accepta": True, "data_decisio_imas": TODAY, "motiu_decisio": "Gravetat confirmada."},
     "revisar_termini_vencut": {"accio_revisio": "reclamar_decisio"},
+    "escalacio_seccio": {"accio": "reclamar", "observacions": "Reclamada la decisió."},
+    "escalacio_municipal": {"accio": "reclamar", "observacions": "Reclamada la proposta."},
 }
 # VALORA scores that grade to each severity through bpmn/gravetat.dmn.
 SEVERITY_SCORES = {
