@@ -30,7 +30,7 @@ def _clock(http, user, reference, clock_id):
     return matches[0]
 
 
-def test_imas_decision_clock_on_time_at_risk_breached_and_escalated(http, camins, manual_clock):
+def test_imas_decision_clock_on_time_at_risk_breached(http, camins, manual_clock):
     reference = _refer_to_imas(http)
     clock = _clock(http, "coord.sonservera", reference, "imas_decision")
     assert clock["status"] == "on_time" and clock["article"] == "Llei 9/2019 art. 120.1"
@@ -40,24 +40,35 @@ def test_imas_decision_clock_on_time_at_risk_breached_and_escalated(http, camins
     assert _clock(http, "coord.sonservera", reference, "imas_decision")["status"] == "at_risk"
     at_risk = http.get("/api/clocks?status=at_risk", "cap.llevant").json()["items"]
     assert [c["case_reference"] for c in at_risk] == [reference]
-    assert camins.escalate_breached_clocks() == 0
 
     manual_clock.advance(timedelta(days=4))
     assert _clock(http, "coord.sonservera", reference, "imas_decision")["status"] == "breached"
-    assert camins.escalate_breached_clocks() == 1
-    assert camins.escalate_breached_clocks() == 0  # once only
-    # The supervisor of the IMAS section gets a task; the municipal coordinator does not.
-    task = task_in_inbox(http, "cap.llevant", reference, "escalacio_seccio")
-    assert task["name"] == "Revisar el termini legal vençut"
-    assert http.get(f"/api/tasks?case={reference}", "cap.ponent").json()["items"] == []
+    breached = http.get("/api/clocks?status=breached", "cap.llevant").json()["items"]
+    assert [c["clock_id"] for c in breached] == ["imas_decision"]
+    # Pathway 2 escalates this breach with its own boundary timer: no second task from the clock.
+    assert camins.escalate_breached_clocks() == 0
     history = http.get(f"/api/cases/{reference}", "coord.sonservera").json()["history"]
-    breached = [h for h in history if h["event"] == "clock_breached"]
-    assert len(breached) == 1 and breached[0]["detail"]["clock_id"] == "imas_decision"
-
-    work(http, "cap.llevant", reference, "escalacio_seccio")
+    assert [h["detail"]["clock_id"] for h in history if h["event"] == "clock_breached"] == ["imas_decision"]
     # Deciding stops the clock, late.
     work(http, "intake.imas", reference, "decisio_imas")
     assert _clock(http, "coord.sonservera", reference, "imas_decision")["status"] == "late"
+
+
+def test_imas_clock_breach_goes_to_the_section_head(http, camins, manual_clock):
+    from .scenario import Case
+
+    case = Case(http, camins, "Manacor")
+    case.send("derivacio_proteccio_imas", {"gravetat": "greu", "puntuacio": 12})
+    assert case.clocks()["imas_prior_inquiries"]["status"] == "on_time"
+    manual_clock.advance(timedelta(days=32))  # prior inquiries take at most a month (art. 124.3)
+    assert case.clocks()["imas_prior_inquiries"]["status"] == "breached"
+    assert camins.escalate_breached_clocks() == 1
+    assert camins.escalate_breached_clocks() == 0  # once only
+    task_in_inbox(http, "cap.llevant", case.reference, "escalacio_seccio")
+    assert http.get(f"/api/tasks?case={case.reference}", "cap.ponent").json()["items"] == []
+    history = case.view()["history"]
+    assert [h["detail"]["clock_id"] for h in history if h["event"] == "clock_breached"] == ["imas_prior_inquiries"]
+    case.do("escalacio_seccio", accio="reclamar")
 
 
 def test_clock_met_on_time(http, manual_clock):

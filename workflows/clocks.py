@@ -37,14 +37,18 @@ class LegalClock:
     rule: ClockRule
     supervisor_level: str  # whose supervisor hears of a breach
     at_risk_share: float = AT_RISK_SHARE
+    # False where the diagram escalates a breach itself (a boundary timer), so nobody gets two tasks.
+    escalate: bool = True
 
 
-def _c(id_, label, article, duration, level, age_limit=None, from_age=None) -> LegalClock:
-    return LegalClock(id_, label, article, ClockRule(duration, age_limit, from_age), level)
+def _c(id_, label, article, duration, level, age_limit=None, from_age=None, escalate=True) -> LegalClock:
+    return LegalClock(id_, label, article, ClockRule(duration, age_limit, from_age), level, escalate=escalate)
 
 
 CATALOGUE: dict[str, LegalClock] = {c.id: c for c in [
-    _c("imas_decision", "Decisió de l'IMAS sobre la derivació", "Llei 9/2019 art. 120.1", "P20D", IMAS_SECTION),
+    # Pathway 2 escalates this one with its own 20-day boundary timer.
+    _c("imas_decision", "Decisió de l'IMAS sobre la derivació", "Llei 9/2019 art. 120.1", "P20D", IMAS_SECTION,
+       escalate=False),
     _c("risk_allegations", "Al·legacions de la família en el procediment de risc", "Llei 9/2019 art. 110.4",
        "P15D", MUNICIPAL),
     _c("risk_proposal", "Proposta a la Comissió de Declaració de Risc", "Llei 9/2019 art. 111", "P10D", MUNICIPAL),

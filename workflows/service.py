@@ -506,7 +506,7 @@ class Camins:
                                        instance_id=run.instance_id, element_id=run.element_id,
                                        detail={"clock_id": run.clock_id, "due_at": run.due_at.isoformat(),
                                                "article": legal.article if legal else None})
-            if definition is None or legal is None:
+            if definition is None or legal is None or not legal.escalate:
                 return None
             instance = self.engine.create_instance(
                 session, definition, run.case_reference,
