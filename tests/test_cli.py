@@ -89,4 +89,4 @@ def test_demo_prepares_database_users_and_cases(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "camins-demo-2026" in result.stdout
     assert "ts.manacor" in result.stdout and "analista" in result.stdout
-    assert result.stdout.count("EXP-") == 7
+    assert result.stdout.count("EXP-") == 8

@@ -158,4 +158,11 @@ def seed_demo(camins, fresh: bool = True):
                                       "informe_social", "informe_educatiu", "valoracio_gravetat",
                                       "validar_valoracio"], {"valoracio_gravetat": SEVERITY_SCORES["sense_risc"]})
     stages.append((seventh, "Tancat: valoració sense risc"))
+
+    eighth = notify(camins, "Palma", "Biel", "Salom Pizà", date(2024, 1, 20))
+    work_open_tasks(camins, eighth, ["registre_notificacio", "valorar_urgencia", "visita_domiciliaria",
+                                     "informe_social", "informe_educatiu", "valoracio_gravetat",
+                                     "validar_valoracio"], {"valoracio_gravetat": SEVERITY_SCORES["moderat"]})
+    stages.append((eighth, "Intervenció municipal: projecte d'intervenció pendent (infant de 2 anys; revisions "
+                           "cada 3 mesos fins als 3 anys)"))
     return DEMO_USERS, stages
