@@ -254,6 +254,8 @@ class ClockView(Schema):
     label = fields.String()
     article = fields.String(allow_none=True)
     rule = fields.String(allow_none=True)
+    minimum = fields.Boolean(metadata={"description": "a minimum duration (e.g. a year of follow-up), "
+                                                      "not a deadline"})
     started_at = fields.DateTime()
     due_at = fields.DateTime()
     at_risk_at = fields.DateTime()

@@ -18,6 +18,7 @@ from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 
+from .durations import is_duration
 from .errors import DeployError, Problem
 from .sandbox import ScriptRejected, check_expression, check_script
 from .xmlsafe import UnsafeXml, parse_xml
@@ -198,10 +199,8 @@ class _Checker:
                 self.problem(file, f"user task has no '{FORM_PROPERTY}' property", task)
             elif normalise_name(form) not in files:
                 self.problem(file, f"form '{form}' is not in the bundle", task)
-            if props.get("due_in"):
-                self.code(file, task, repr(props["due_in"]), "expression")
-                if not re.fullmatch(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?", props["due_in"]):
-                    self.problem(file, f"due_in '{props['due_in']}' is not an ISO-8601 duration", task)
+            if props.get("due_in") and not is_duration(props["due_in"]):
+                self.problem(file, f"due_in '{props['due_in']}' is not an ISO-8601 duration", task)
 
 
 def _decision_ids(tree) -> list[str]:

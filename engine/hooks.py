@@ -39,6 +39,9 @@ class EngineHooks:
     def on_message_thrown(self, session, instance, name: str, payload: dict) -> None:
         """Called inside the step transaction when an instance throws a message."""
 
+    def on_message_received(self, session, instance, name: str, payload: dict) -> None:
+        """Called inside the step transaction when an instance catches a message."""
+
     def on_instance_ended(self, session, instance) -> None:
         """Called inside the step transaction when an instance completes."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import clock
 from .bundle import BundleFile, CompiledBundle, compile_bundle
+from .durations import add_duration
 from .errors import Conflict, IncidentOpened, NotFound, Rejected
 from .hooks import EngineHooks
 from .models import (
@@ -45,21 +45,7 @@ from .specs import CachedSpec, SpecCache
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(
-    r"^P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
-    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<mi>\d+)M)?(?:(?P<s>\d+)S)?)?$"
-)
 _OPEN = "open"
-
-
-def parse_duration(text: str) -> timedelta:
-    """ISO-8601 duration to a timedelta (years as 365 days, months as 30)."""
-    match = _DURATION.match(text or "")
-    if not match or text == "P":
-        raise ValueError(f"not an ISO-8601 duration: {text!r}")
-    v = {k: int(x) if x else 0 for k, x in match.groupdict().items()}
-    return timedelta(days=v["y"] * 365 + v["mo"] * 30 + v["w"] * 7 + v["d"], hours=v["h"], minutes=v["mi"],
-                     seconds=v["s"])
 
 
 @dataclass
@@ -289,16 +275,33 @@ class Engine:
             return list(waiting)
         if not starters:
             raise NotFound(f"no process of case {business_key} waits for message '{name}'")
-        started = []
-        for definition_id in starters:
+        return [self._start_by_message(d, business_key, action, actor, source_instance_id) for d in starters]
+
+    def _start_by_message(self, definition_id: int, business_key: str, action: dict, actor,
+                          parent_instance_id: int | None) -> int:
+        """Create the instance and let it catch the message in one transaction.
+
+        Were they two, a crash in between would leave an instance that never got its message
+        and the outbox would start a second one.
+        """
+        def create(session) -> Instance:
+            definition = session.get(Definition, definition_id)
+            return self.create_instance(session, definition, business_key, None, actor,
+                                        parent_instance_id=parent_instance_id)
+
+        try:
             with self.db.write() as session:
-                definition = session.get(Definition, definition_id)
-                instance = self.create_instance(session, definition, business_key, None, actor,
-                                                parent_instance_id=source_instance_id)
-                instance_id = instance.id
-            self._step(instance_id, action, actor)
-            started.append(instance_id)
-        return started
+                result = self._step_in(session, create(session), action, actor)
+        except _DiagramFailure as failure:
+            # The instance is kept at its start so that the incident (and its retry) has a home.
+            with self.db.write() as session:
+                instance_id = create(session).id
+            incident_id = self._record_incident(instance_id, action, failure, actor)
+            raise IncidentOpened(incident_id, instance_id, failure.element_id,
+                                 _failure_message(failure.error)) from None
+        for outbox_id in result.outbox_ids:
+            self.deliver_outbox(outbox_id)
+        return result.instance_id
 
     @staticmethod
     def _nearest_ancestor(session, instance_id: int, candidates, max_depth: int = 10000) -> list[int]:
@@ -536,6 +539,7 @@ class Engine:
                 raise _DiagramFailure(err, waiting[0].task_spec.bpmn_id) from err
             ctx.history.append({"event": "message_received", "element_id": waiting[0].task_spec.bpmn_id,
                                 "detail": {"name": name}})
+            self.hooks.on_message_received(ctx.session, ctx.instance, name, action.get("payload") or {})
             return
         if kind == "timer":
             timer = ctx.session.get(Timer, action["timer_id"])
@@ -624,7 +628,7 @@ class Engine:
             properties = dict(element.properties) if element else {}
             role = self.hooks.resolve_lane(task.task_spec.lane) if task.task_spec.lane else None
             routing = self.hooks.route_task(session, instance.business_key, role, element)
-            due_at = now + parse_duration(properties["due_in"]) if properties.get("due_in") else None
+            due_at = add_duration(now, properties["due_in"]) if properties.get("due_in") else None
             distinct_from_user = None
             if properties.get("distinct_from"):
                 distinct_from_user = session.scalar(

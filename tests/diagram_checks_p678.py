@@ -423,7 +423,8 @@ def check_diagram(path: Path, process_id: str) -> dict:
             problem(f"{path.name}: {nid}: due_in {props['due_in']} is not an ISO-8601 duration")
         if props.get("distinct_from") and props["distinct_from"] not in user_ids:
             problem(f"{path.name}: {nid}: distinct_from refers to no user task")
-        unknown_props = set(props) - {"form", "due_in", "legal_basis", "distinct_from", "clock_start", "clock_stop"}
+        unknown_props = set(props) - {"form", "due_in", "legal_basis", "distinct_from", "clock_start",
+                                   "clock_start_after", "clock_stop"}
         if unknown_props:
             problem(f"{path.name}: {nid}: unknown properties {sorted(unknown_props)}")
         info["user_tasks"][nid] = dict(lane=lane_of.get(nid, (None, None))[1], form=form,
@@ -433,7 +434,7 @@ def check_diagram(path: Path, process_id: str) -> dict:
     starts, stops = {}, {}
     for nid, el in nodes.items():
         props = props_of(el)
-        for key, where in (("clock_start", starts), ("clock_stop", stops)):
+        for key, where in (("clock_start", starts), ("clock_start_after", starts), ("clock_stop", stops)):
             for cid in [c.strip() for c in (props.get(key) or "").split(",") if c.strip()]:
                 if cid not in CLOCKS:
                     problem(f"{path.name}: {nid}: clock id {cid!r} is not in the catalogue")
@@ -684,7 +685,9 @@ def run_acolliment(tipus: str, urgencia_mesura: str | None = None, use_revisio: 
         assert COMMUNICATIONS[-1][0] == "Fiscalia de Menors", COMMUNICATIONS
         # the review chain is handed to `revisio`: one throw, then wait
         (name, payload), = [t for t in r.thrown if t[0] == "revisio_programada"][-1:]
-        assert payload == {"ambit": "imas", "numero": 1, "data_naixement": birth}, payload
+        # Emergency care is reviewed more often (2 months), so its decision comes within its 6 months.
+        ambit = "urgencia" if tipus == "urgencia" else "imas"
+        assert payload == {"ambit": ambit, "numero": 1, "data_naixement": birth}, payload
         assert r.waiting_messages() == ["revisions_finalitzades"], r.waiting_messages()
         assert r.ready() == []
         result = revisio_chain(payload, birth, 2) if use_revisio else \

@@ -120,3 +120,32 @@ class Case:
         response = self.http.get(f"/api/cases/{self.reference}/clocks", self.supervisor)
         assert response.status_code == 200, response.text
         return {c["clock_id"]: c for c in response.json()["items"]}
+
+
+# --- helpers for the family/applicant-side processes and hand-off payloads (pathways 6-8) ---
+
+def start_process(case: Case, process_key: str, data: dict | None = None, user: str = "analista") -> dict:
+    """Start a process with a none start event on the case, over POST /api/instances."""
+    response = case.http.post("/api/instances", user, json={"process_key": process_key,
+                                                            "case_reference": case.reference,
+                                                            "data": data or {}})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def instance_view(case: Case, instance_id: int, user: str = "analista") -> dict:
+    """GET /api/instances/<id>: active elements, waiting timers and message subscriptions."""
+    response = case.http.get(f"/api/instances/{instance_id}", user)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def thrown_payloads(case: Case, name: str) -> list[dict]:
+    """Payloads of the messages `name` the case's instances threw, oldest first (what the receiver gets)."""
+    from engine.models import Outbox
+
+    with case.camins.db.read() as session:
+        return list(session.scalars(select(Outbox.payload).where(Outbox.business_key == case.reference,
+                                                                 Outbox.name == name,
+                                                                 Outbox.source_instance_id.is_not(None))
+                                    .order_by(Outbox.id)))

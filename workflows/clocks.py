@@ -1,15 +1,22 @@
 """Legal clocks: deadlines with a legal basis, as data.
 
 A diagram attaches a clock to its elements with the properties `clock_start`
-(the clock starts when the element is entered) and `clock_stop` (it stops when
-the element completes). Durations may depend on the child's age, computed from
-the birth date held on the case, never typed by hand.
+(the clock starts when the element is entered), `clock_start_after` (it starts
+when the element completes, e.g. "3 months from the resolution") and
+`clock_stop` (it stops when the element completes). Durations may depend on the
+child's age, computed from the birth date held on the case, never typed by hand.
+
+Most clocks are deadlines: stopping before the due time is "met", after it
+"late", and running past it "breached". A few are minimums ("a follow-up of at
+least a year"): running past the due time is "met", and stopping before it is
+"breached" (ended too early).
 """
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
+
+from engine.durations import add_duration
 
 MUNICIPAL, IMAS_SECTION = "municipality", "section"
 AT_RISK_SHARE = 0.8
@@ -39,10 +46,14 @@ class LegalClock:
     at_risk_share: float = AT_RISK_SHARE
     # False where the diagram escalates a breach itself (a boundary timer), so nobody gets two tasks.
     escalate: bool = True
+    # A minimum duration ("at least a year") rather than a deadline.
+    minimum: bool = False
 
 
-def _c(id_, label, article, duration, level, age_limit=None, from_age=None, escalate=True) -> LegalClock:
-    return LegalClock(id_, label, article, ClockRule(duration, age_limit, from_age), level, escalate=escalate)
+def _c(id_, label, article, duration, level, age_limit=None, from_age=None, escalate=True,
+       minimum=False) -> LegalClock:
+    return LegalClock(id_, label, article, ClockRule(duration, age_limit, from_age), level, escalate=escalate,
+                      minimum=minimum)
 
 
 CATALOGUE: dict[str, LegalClock] = {c.id: c for c in [
@@ -73,8 +84,8 @@ CATALOGUE: dict[str, LegalClock] = {c.id: c for c in [
     _c("court_opposition", "Oposició judicial a la resolució", "LEC art. 780", "P2M", IMAS_SECTION),
     _c("temporary_measure_limit", "Límit de les mesures temporals", "Llei 9/2019 art. 146; LO 1/1996 art. 12.6",
        "P2Y", IMAS_SECTION),
-    _c("post_return_followup", "Seguiment després del retorn a la família", "Llei 9/2019 art. 149.4", "P1Y",
-       IMAS_SECTION),
+    _c("post_return_followup", "Seguiment després del retorn a la família (mínim)", "Llei 9/2019 art. 149.4",
+       "P1Y", IMAS_SECTION, minimum=True),
     _c("foster_fiscalia", "Tramesa de l'acolliment a la Fiscalia", "Llei 9/2019 art. 157.5", "P1M", IMAS_SECTION),
     _c("emergency_foster_limit", "Durada de l'acolliment d'urgència", "Llei 9/2019 art. 155.5", "P6M",
        IMAS_SECTION),
@@ -83,31 +94,13 @@ CATALOGUE: dict[str, LegalClock] = {c.id: c for c in [
        IMAS_SECTION),
     _c("adoption_proposal", "Proposta d'adopció al jutjat (prorrogable fins a 1 any)",
        "Llei 9/2019 art. 146; CC art. 176 bis", "P3M", IMAS_SECTION),
-    _c("post_care_followup", "Seguiment després de deixar el centre", "Llei 9/2019 art. 184.1", "P1Y",
-       IMAS_SECTION),
+    _c("post_care_followup", "Seguiment després de deixar el centre (mínim)", "Llei 9/2019 art. 184.1", "P1Y",
+       IMAS_SECTION, minimum=True),
 ]}
-
-
-def add_months(day: date | datetime, months: int):
-    index = day.year * 12 + day.month - 1 + months
-    year, month0 = divmod(index, 12)
-    return day.replace(year=year, month=month0 + 1, day=min(day.day, calendar.monthrange(year, month0 + 1)[1]))
 
 
 def age_on(birth: date, on: date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
-
-
-def add_duration(start: datetime, duration: str) -> datetime:
-    """Calendar-aware: months and years move the date, days and hours add time."""
-    import re
-
-    match = re.fullmatch(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?", duration)
-    if not match or duration in ("P", "PT"):
-        raise ValueError(f"not a duration: {duration}")
-    years, months, weeks, days, hours, minutes = (int(g) if g else 0 for g in match.groups())
-    moment = add_months(start, years * 12 + months)
-    return moment + timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
 
 
 def due_at(clock: LegalClock, started_at: datetime, birth_date: date | None) -> datetime:
@@ -123,7 +116,12 @@ def at_risk_at(clock: LegalClock, started_at: datetime, due: datetime) -> dateti
     return started_at + (due - started_at) * clock.at_risk_share
 
 
-def status(now: datetime, due: datetime, risk_from: datetime, stopped_at: datetime | None) -> str:
+def status(clock: LegalClock | None, now: datetime, due: datetime, risk_from: datetime,
+           stopped_at: datetime | None) -> str:
+    if clock is not None and clock.minimum:
+        if stopped_at is not None:
+            return "met" if stopped_at >= due else "breached"
+        return "met" if now >= due else "on_time"
     if stopped_at is not None:
         return "met" if stopped_at <= due else "late"
     if now >= due:
@@ -131,6 +129,9 @@ def status(now: datetime, due: datetime, risk_from: datetime, stopped_at: dateti
     if now >= risk_from:
         return "at_risk"
     return "on_time"
+
+
+CLOCK_PROPERTIES = ("clock_start", "clock_start_after", "clock_stop")
 
 
 def clock_ids(value: str | None) -> list[str]:

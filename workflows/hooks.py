@@ -28,7 +28,7 @@ class DomainHooks(EngineHooks):
             raise ValueError(str(err)) from None
 
     def property_problems(self, properties: dict) -> list[str]:
-        unknown = [c for key in ("clock_start", "clock_stop")
+        unknown = [c for key in clocks.CLOCK_PROPERTIES
                    for c in clocks.clock_ids(properties.get(key)) if c not in clocks.CATALOGUE]
         return [f"unknown legal clock '{c}' (see workflows/clocks.py)" for c in unknown]
 
@@ -75,6 +75,10 @@ class DomainHooks(EngineHooks):
         if exists is None:
             session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
 
+    def on_message_received(self, session, instance, name: str, payload: dict) -> None:
+        # A hand-off sent from outside (POST /api/messages) moves the case as one thrown by a pathway.
+        self.on_message_thrown(session, instance, name, payload)
+
     def on_message_thrown(self, session, instance, name: str, payload: dict) -> None:
         case = _case(session, instance.business_key)
         if case is None or name not in HANDOFFS:
@@ -97,31 +101,49 @@ class DomainHooks(EngineHooks):
 
     def on_elements(self, session, instance, entered: list, completed: list, now) -> None:
         """Start and stop the legal clocks the diagram attaches to these elements."""
-        case = None
-        for element in entered:
-            for clock_id in clocks.clock_ids(element.properties.get("clock_start")):
-                clock = clocks.CATALOGUE.get(clock_id)
-                if clock is None:
-                    continue
-                case = case or _case(session, instance.business_key)
-                if case is None:
-                    return
-                already = session.scalar(select(ClockRun.id).where(
-                    ClockRun.case_reference == case.reference, ClockRun.clock_id == clock_id,
-                    ClockRun.stopped_at.is_(None)))
-                if already is not None:
-                    continue
-                due = clocks.due_at(clock, now, case.child_birth_date)
-                session.add(ClockRun(case_reference=case.reference, instance_id=instance.id, clock_id=clock_id,
-                                     element_id=element.element_id, started_at=now, due_at=due,
-                                     at_risk_at=clocks.at_risk_at(clock, now, due)))
-        session.flush()
+        def ids(element, key):
+            return clocks.clock_ids(element.properties.get(key))
+
+        if not any(ids(e, k) for e in [*entered, *completed] for k in clocks.CLOCK_PROPERTIES):
+            return
+        case = _case(session, instance.business_key)
+        if case is None:
+            return
+        entered_now = {e.element_id for e in entered}
+        completed_now = {e.element_id for e in completed}
+        # In the order things happened: an element entered and completed in this step (a service
+        # task, an event) starts its clock, then stops clocks, then starts the ones that run "after" it.
         for element in completed:
-            for clock_id in clocks.clock_ids(element.properties.get("clock_stop")):
-                for run in session.scalars(select(ClockRun).where(
-                        ClockRun.case_reference == instance.business_key, ClockRun.clock_id == clock_id,
-                        ClockRun.stopped_at.is_(None))):
+            if element.element_id in entered_now:
+                for clock_id in ids(element, "clock_start"):
+                    self._start_clock(session, case, instance, element.element_id, clock_id, now)
+            for clock_id in ids(element, "clock_stop"):
+                for run in session.scalars(select(ClockRun).where(ClockRun.case_reference == case.reference,
+                                                                  ClockRun.clock_id == clock_id,
+                                                                  ClockRun.stopped_at.is_(None))):
                     run.stopped_at, run.stopped_by = now, element.element_id
+                session.flush()
+            for clock_id in ids(element, "clock_start_after"):
+                self._start_clock(session, case, instance, element.element_id, clock_id, now)
+        # Elements that are now waiting (user tasks, timers, messages) start their clocks.
+        for element in entered:
+            if element.element_id not in completed_now:
+                for clock_id in ids(element, "clock_start"):
+                    self._start_clock(session, case, instance, element.element_id, clock_id, now)
+
+    @staticmethod
+    def _start_clock(session, case: Case, instance, element_id: str, clock_id: str, now) -> None:
+        clock = clocks.CATALOGUE.get(clock_id)
+        running = session.scalar(select(ClockRun.id).where(ClockRun.case_reference == case.reference,
+                                                           ClockRun.clock_id == clock_id,
+                                                           ClockRun.stopped_at.is_(None)))
+        if clock is None or running is not None:
+            return
+        due = clocks.due_at(clock, now, case.child_birth_date)
+        session.add(ClockRun(case_reference=case.reference, instance_id=instance.id, clock_id=clock_id,
+                             element_id=element_id, started_at=now, due_at=due,
+                             at_risk_at=clocks.at_risk_at(clock, now, due)))
+        session.flush()
 
 
 def _case(session, reference: str) -> Case | None:

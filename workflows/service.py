@@ -462,12 +462,13 @@ class Camins:
         now = clock.now()
         query = (select(ClockRun).join(Case, Case.reference == ClockRun.case_reference)
                  .where(or_(*scopes), ClockRun.stopped_at.is_(None)))
+        deadlines = [c.id for c in clocks.CATALOGUE.values() if not c.minimum]
         if status == "breached":
-            query = query.where(ClockRun.due_at <= now)
+            query = query.where(ClockRun.due_at <= now, ClockRun.clock_id.in_(deadlines))
         elif status == "at_risk":
-            query = query.where(ClockRun.at_risk_at <= now, ClockRun.due_at > now)
+            query = query.where(ClockRun.at_risk_at <= now, ClockRun.due_at > now, ClockRun.clock_id.in_(deadlines))
         elif status == "on_time":
-            query = query.where(ClockRun.at_risk_at > now)
+            query = query.where(or_(ClockRun.at_risk_at > now, ~ClockRun.clock_id.in_(deadlines)))
         with self.db.read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(ClockRun.due_at, ClockRun.id)
@@ -477,9 +478,11 @@ class Camins:
     def escalate_breached_clocks(self, limit: int = 100) -> int:
         """Open a supervisor task for every running clock past its due time, once; write history."""
         now = clock.now()
+        deadlines = [c.id for c in clocks.CATALOGUE.values() if not c.minimum]
         with self.db.read() as session:
             ids = session.scalars(select(ClockRun.id).where(ClockRun.stopped_at.is_(None), ClockRun.due_at <= now,
-                                                            ClockRun.escalated_at.is_(None))
+                                                            ClockRun.escalated_at.is_(None),
+                                                            ClockRun.clock_id.in_(deadlines))
                                   .order_by(ClockRun.due_at).limit(limit)).all()
         opened = 0
         for run_id in ids:
@@ -532,9 +535,10 @@ def _clock_view(run: ClockRun, now: datetime) -> dict:
     clock = clocks.CATALOGUE.get(run.clock_id)
     return {"id": run.id, "clock_id": run.clock_id, "case_reference": run.case_reference,
             "label": clock.label if clock else run.clock_id, "article": clock.article if clock else None,
-            "rule": clock.rule.describe() if clock else None, "started_at": run.started_at,
+            "rule": clock.rule.describe() if clock else None, "minimum": bool(clock and clock.minimum),
+            "started_at": run.started_at,
             "due_at": run.due_at, "at_risk_at": run.at_risk_at, "stopped_at": run.stopped_at,
-            "status": clocks.status(now, run.due_at, run.at_risk_at, run.stopped_at),
+            "status": clocks.status(clock, now, run.due_at, run.at_risk_at, run.stopped_at),
             "escalated_at": run.escalated_at, "instance_id": run.instance_id, "element_id": run.element_id}
 
 
