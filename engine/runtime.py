@@ -111,8 +111,12 @@ def _message_definitions(task) -> list[MessageEventDefinition]:
 _REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
 
 
-def _crossed_flows(workflow: BpmnWorkflow, flows: dict) -> set[str]:
-    """Sequence flows between each reached element and the nearest diagram element above it."""
+def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine) -> set[str]:
+    """Sequence flows between each reached element and the nearest diagram element above it.
+
+    When several flows join the same two elements, the ones whose condition holds on the
+    source's data were crossed.
+    """
     crossed = set()
     for task in workflow.get_tasks(state=_REACHED):
         target = getattr(task.task_spec, "bpmn_id", None)
@@ -121,10 +125,18 @@ def _crossed_flows(workflow: BpmnWorkflow, flows: dict) -> set[str]:
         parent = task.parent
         while parent is not None and not getattr(parent.task_spec, "bpmn_id", None):
             parent = parent.parent
-        if parent is not None:
-            flow = flows.get((parent.task_spec.bpmn_id, target))
-            if flow:
-                crossed.add(flow)
+        if parent is None:
+            continue
+        candidates = flows.get((parent.task_spec.bpmn_id, target), [])
+        if len(candidates) == 1:
+            crossed.add(candidates[0][0])
+            continue
+        for flow_id, condition in candidates:
+            try:
+                if condition is None or script_engine.evaluate(parent, condition):
+                    crossed.add(flow_id)
+            except Exception:  # a condition that cannot be evaluated was not the one taken
+                continue
     return crossed
 
 
@@ -468,7 +480,7 @@ class Engine:
         active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
             state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
         completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
-        taken = sorted(set(instance.taken_flows or []) | _crossed_flows(workflow, cached.flows))
+        taken = sorted(set(instance.taken_flows or []) | _crossed_flows(workflow, cached.flows, self.script_engine))
         new_version = instance.version + 1
         result = session.execute(
             update(Instance)

@@ -23,8 +23,9 @@ class CachedSpec:
     subprocess_specs: dict
     elements: dict[str, ElementInfo]
     forms: dict[str, bytes]
-    # (source element id, target element id) → sequence flow id, for flow coverage.
-    flows: dict[tuple[str, str], str]
+    # (source element id, target element id) → [(sequence flow id, condition or None)], for flow
+    # coverage; several flows may join the same two elements under different conditions.
+    flows: dict[tuple[str, str], list[tuple[str, str | None]]]
 
 
 class SpecCache:
@@ -75,5 +76,7 @@ def _cached_from(compiled) -> CachedSpec:
     for f in compiled.files:
         if f.kind == "bpmn":
             for flow in parse_xml(f.content).iterfind(".//bpmn:sequenceFlow", NS):
-                flows[(flow.get("sourceRef"), flow.get("targetRef"))] = flow.get("id")
+                condition = flow.find("bpmn:conditionExpression", NS)
+                flows.setdefault((flow.get("sourceRef"), flow.get("targetRef")), []).append(
+                    (flow.get("id"), condition.text.strip() if condition is not None and condition.text else None))
     return CachedSpec(compiled.spec, compiled.subprocess_specs, elements, forms, flows)
