@@ -45,6 +45,14 @@ class EngineHooks:
     def on_instance_ended(self, session, instance) -> None:
         """Called inside the step transaction when an instance completes."""
 
+    def owned_processes(self) -> set[str]:
+        """Processes that live only for the instance whose message started their chain.
+
+        Such an instance answers only up its chain, and is cancelled when the instance that
+        started the chain ends (e.g. the reviews of a measure that is over).
+        """
+        return set()
+
     def start_data(self, session, business_key: str) -> dict:
         """Facts every new instance of this business key starts with (they override given data)."""
         return {}

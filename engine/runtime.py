@@ -275,8 +275,11 @@ class Engine:
                 .where(MessageSubscription.name == name, MessageSubscription.business_key == business_key)
                 .distinct()
             ).all()
-            if len(waiting) > 1 and source_instance_id is not None:
-                waiting = self._nearest_ancestor(session, source_instance_id, waiting) or waiting
+            if waiting and source_instance_id is not None:
+                owner = self._nearest_ancestor(session, source_instance_id, waiting)
+                if owner or self._is_owned(session, source_instance_id):
+                    # An owned process answers only the chain that started it.
+                    waiting = owner
             starters = [] if waiting else self._message_start_definitions(session, name)
         action = {"kind": "message", "name": name, "payload": payload}
         if outbox_id is not None:
@@ -314,6 +317,10 @@ class Engine:
         for outbox_id in result.outbox_ids:
             self.deliver_outbox(outbox_id)
         return result.instance_id
+
+    def _is_owned(self, session, instance_id: int) -> bool:
+        key = session.scalar(select(Instance.process_key).where(Instance.id == instance_id))
+        return key in self.hooks.owned_processes()
 
     @staticmethod
     def _nearest_ancestor(session, instance_id: int, candidates, max_depth: int = 10000) -> list[int]:
@@ -465,18 +472,20 @@ class Engine:
         ctx = StepContext(session, instance, actor, cached)
         token = _current_step.set(ctx)
         try:
-            if instance.status == "created" and action["kind"] != "advance":
+            if instance.status == "created" and action["kind"] not in ("advance", "cancel"):
                 # A new instance has not reached its first wait state (e.g. a message start) yet.
                 self._run_engine(workflow, ctx)
             self._apply(workflow, action, ctx)
-            self._run_engine(workflow, ctx)
+            if action["kind"] != "cancel":
+                self._run_engine(workflow, ctx)
         finally:
             _current_step.reset(token)
 
         now = clock.now()
         # Take the thrown messages out before serializing, or the saved state would throw them again.
         thrown = workflow.get_events()
-        status = "completed" if workflow.is_completed() else "running"
+        status = "cancelled" if action["kind"] == "cancel" else \
+            "completed" if workflow.is_completed() else "running"
         active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
             state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
         completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
@@ -486,7 +495,7 @@ class Engine:
             update(Instance)
             .where(Instance.id == instance.id, Instance.version == instance.version)
             .values(state=self.serializer.dumps(workflow), version=new_version, status=status, updated_at=now,
-                    ended_at=now if status == "completed" else None, active_elements=active,
+                    ended_at=now if status in ("completed", "cancelled") else None, active_elements=active,
                     completed_elements=completed, taken_flows=taken, serializer_version=STATE_FORMAT)
             .execution_options(synchronize_session=False)
         )
@@ -512,6 +521,7 @@ class Engine:
         if status == "completed":
             self._history(session, instance, actor, "instance_completed")
             self.hooks.on_instance_ended(session, instance)
+            self._cancel_owned_descendants(session, instance, actor)
         return StepResult(instance.id, new_version, status, ctx.outbox_ids)
 
     def _run_engine(self, workflow: BpmnWorkflow, ctx: StepContext) -> None:
@@ -520,9 +530,26 @@ class Engine:
         except Exception as err:  # anything raised by a script, condition or service task
             raise _DiagramFailure(err, _failed_element(err)) from err
 
+    def _cancel_owned_descendants(self, session, instance: Instance, actor) -> None:
+        """Cancel the running instances of owned processes in the chains this instance started."""
+        owned = self.hooks.owned_processes()
+        frontier = [instance.id]
+        while frontier:
+            children = session.scalars(select(Instance).where(Instance.parent_instance_id.in_(frontier),
+                                                              Instance.process_key.in_(owned))).all()
+            for child in children:
+                if child.status in ("created", "running"):
+                    self._step_in(session, child, {"kind": "cancel", "reason": f"instance {instance.id} ended"},
+                                  actor)
+            frontier = [c.id for c in children]
+
     def _apply(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
         kind = action["kind"]
         if kind == "advance":
+            return
+        if kind == "cancel":
+            workflow.cancel()
+            ctx.history.append({"event": "instance_cancelled", "detail": {"reason": action.get("reason")}})
             return
         if kind == "complete":
             task = workflow.get_task_from_id(UUID(action["task_id"]))

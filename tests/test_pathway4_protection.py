@@ -120,6 +120,8 @@ def test_ordinary_route_hearing_held_desemparament_declared_then_reunification(h
     assert "desemparament" in communications[0]["subject"]
     assert "LEC art. 780" in communications[1]["subject"]
     assert "desemparament" in communications[2]["subject"]
+    # Declared: IMAS holds the tutela from now on, whatever measure follows (art. 130).
+    assert case.view()["legal_status"] == "tutela"
     clocks = case.clocks()
     assert clocks["resolution_notice"]["status"] == "met"
     assert clocks["protection_plan"]["status"] == "on_time"
@@ -316,6 +318,7 @@ def test_residential_care_from_three_with_imas_reviews_then_reunification(http, 
     case.do("revisio_imas", continuar_revisions=False, resultat="objectius_assolits")
     assert case.thrown()[-2:] == ["revisions_finalitzades", "inici_reunificacio"]
     assert thrown_payloads(case, "inici_reunificacio") == [{"mesura": "acolliment_residencial"}]
+    assert case.view()["legal_status"] == "tutela"
     assert [i.status for i in case.instances("revisio")] == ["completed", "completed"]
     view = case.view()
     assert (view["status"], view["legal_status"]) == ("family_reunification", "tutela")

@@ -9,7 +9,7 @@ from engine.hooks import EngineHooks, Routing
 from . import clocks
 from .forms import FormDefinitionError, parse_form
 from .models import Case, CaseReferent, ClockRun, Communication, Membership, User
-from .pathways import HANDOFFS, SEVERITIES
+from .pathways import HANDOFFS, LEGAL_STATUSES, OWNED_PROCESSES, SEVERITIES
 from .roles import ROLES, role_for_lane
 from .security import scope_unit
 
@@ -30,7 +30,11 @@ class DomainHooks(EngineHooks):
     def property_problems(self, properties: dict) -> list[str]:
         unknown = [c for key in clocks.CLOCK_PROPERTIES
                    for c in clocks.clock_ids(properties.get(key)) if c not in clocks.CATALOGUE]
-        return [f"unknown legal clock '{c}' (see workflows/clocks.py)" for c in unknown]
+        problems = [f"unknown legal clock '{c}' (see workflows/clocks.py)" for c in unknown]
+        status = properties.get("case_legal_status")
+        if status and status not in LEGAL_STATUSES:
+            problems.append(f"unknown case_legal_status '{status}'; one of: {', '.join(LEGAL_STATUSES)}")
+        return problems
 
     def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
         case = _case(session, business_key)
@@ -92,6 +96,9 @@ class DomainHooks(EngineHooks):
             case.severity = severity
 
 
+    def owned_processes(self) -> set[str]:
+        return set(OWNED_PROCESSES)
+
     def start_data(self, session, business_key: str) -> dict:
         case = _case(session, business_key)
         if case is None or case.child_birth_date is None:
@@ -101,6 +108,8 @@ class DomainHooks(EngineHooks):
 
     def on_elements(self, session, instance, entered: list, completed: list, now) -> None:
         """Start and stop the legal clocks the diagram attaches to these elements."""
+        self._set_legal_status(session, instance, completed)
+
         def ids(element, key):
             return clocks.clock_ids(element.properties.get(key))
 
@@ -130,6 +139,15 @@ class DomainHooks(EngineHooks):
             if element.element_id not in completed_now:
                 for clock_id in ids(element, "clock_start"):
                     self._start_clock(session, case, instance, element.element_id, clock_id, now)
+
+    @staticmethod
+    def _set_legal_status(session, instance, completed: list) -> None:
+        """An element with `case_legal_status` sets it when it completes (e.g. tutela on a declaration)."""
+        statuses = [e.properties["case_legal_status"] for e in completed if e.properties.get("case_legal_status")]
+        if statuses:
+            case = _case(session, instance.business_key)
+            if case is not None:
+                case.legal_status = statuses[-1]
 
     @staticmethod
     def _start_clock(session, case: Case, instance, element_id: str, clock_id: str, now) -> None:

@@ -8,6 +8,10 @@ BUNDLED_DIAGRAMS = Path(__file__).resolve().parent.parent / "bpmn"
 # The pathway a new notification starts.
 NOTIFICATION_PATHWAY = "deteccio"
 
+# The reviews of a plan or measure: they answer only the pathway that scheduled them, and stop
+# when it ends.
+OWNED_PROCESSES = ("revisio",)
+
 # Opens a supervisor's task when a legal clock is breached.
 ESCALATION_PATHWAY = "escalacio"
 
@@ -30,5 +34,7 @@ HANDOFFS: dict[str, tuple[str, str | None]] = {
     "emancipacio_finalitzada": ("closed_emancipated", "none"),
     "emancipacio_rebutjada": ("emancipation_refused", None),
 }
+
+LEGAL_STATUSES = ("none", "guarda_provisional", "guarda", "tutela")
 
 SEVERITIES = ("sense_risc", "lleu", "moderat", "greu", "desemparament")
