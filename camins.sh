@@ -21,6 +21,8 @@ fi
 case "${1:-}" in
   test)
     shift
+    # The whole suite must cross every sequence flow of every bundled diagram.
+    if [ $# -eq 0 ]; then export CAMINS_FLOW_COVERAGE=strict; fi
     exec .venv/bin/python -m pytest -q "$@"
     ;;
   "")
