@@ -1,8 +1,8 @@
 """The bundled diagrams: diagram interchange for every shape and edge, layout, forms, every path.
 
-Each checker covers some pathways, prints a report and exits 0 when it found no problem. They
-run in a fresh interpreter each, because they drive SpiffWorkflow's timers with clocks of
-their own.
+diagram_static checks every diagram statically; each diagram_checks* runs the paths of some
+pathways. Each prints a report and exits 0 when it found no problem. They run in a fresh
+interpreter each, because they drive SpiffWorkflow's timers with clocks of their own.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKERS = ["diagram_checks", "diagram_checks_p3", "diagram_checks_p45", "diagram_checks_p678"]
+CHECKERS = ["diagram_static", "diagram_checks", "diagram_checks_p3", "diagram_checks_p45", "diagram_checks_p678"]
 
 
 @pytest.mark.parametrize("checker", CHECKERS)
