@@ -2,19 +2,39 @@
 from __future__ import annotations
 
 import os
+from http import HTTPStatus
 from pathlib import Path
 
 from flask import Flask, abort, send_from_directory
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from workflows.service import Camins
 
-from . import errors
+from . import auth, errors, textguard
 from .routes.core import BLUEPRINTS
+from .schemas import Problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SWAGGER_ASSETS = REPO_ROOT / "node_modules" / "swagger-ui-dist"
 DEFAULT_DB = "sqlite:///" + str(REPO_ROOT / "instance" / "camins.db")
+
+
+class ProblemApi(Api):
+    """Documents errors as they leave (application/problem+json, api/errors.py), and no catch-all
+    'default' answer: every operation lists the statuses it can give (api/routes/core.py)."""
+
+    ERROR_SCHEMA = Problem
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_responses(self):
+        for status in HTTPStatus:
+            response = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, errors.PROBLEM)
+            self.spec.components.response(status.name, response, lazy=True)
 
 
 def database_url() -> str:
@@ -47,10 +67,16 @@ def create_app(camins: Camins | None = None, config: dict | None = None) -> Flas
         camins = Camins(database_url(), script_time_limit=float(os.environ.get("CAMINS_SCRIPT_TIME_LIMIT", "1.0")))
     app.extensions["camins"] = camins
 
-    api = Api(app)
+    api = ProblemApi(app)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     errors.register(app)
+    app.before_request(auth.require_token)
+    proxies = int(os.environ.get("CAMINS_TRUSTED_PROXIES", "0"))
+    if proxies > 0:
+        # Behind that many reverse proxies, the client address (login limits) is the one they forward.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+    textguard.register(app)
 
     @app.get("/api/docs/assets/<path:name>")
     def swagger_assets(name):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.errors import (
     AuthenticationFailed,
@@ -15,7 +15,9 @@ from engine.errors import (
     Invalid,
     NotFound,
     Rejected,
+    TooManyAttempts,
 )
+from engine.xmlsafe import MAX_XML_BYTES
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -68,6 +70,12 @@ def register(app: Flask) -> None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="camins"'
         return response
 
+    @app.errorhandler(TooManyAttempts)
+    def _too_many(err: TooManyAttempts):
+        response = problem(429, "Too Many Requests", str(err))
+        response.headers["Retry-After"] = str(err.retry_after)
+        return response
+
     @app.errorhandler(Forbidden)
     def _forbidden(err):
         return problem(403, "Forbidden", str(err))
@@ -82,6 +90,14 @@ def register(app: Flask) -> None:
                        "submission is kept with it so that a retry applies it. " + str(err),
                        incident_id=err.incident_id, instance_id=err.instance_id, element_id=err.element_id)
 
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(err):
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        size = f"{limit / (1024 * 1024):.0f} MB" if limit and limit >= 1024 * 1024 else f"{limit} bytes"
+        return problem(413, "Request Entity Too Large", f"The request is larger than this server accepts "
+                       f"({size}); a diagram bundle's files may be at most "
+                       f"{MAX_XML_BYTES // (1024 * 1024)} MB each.")
+
     @app.errorhandler(HTTPException)
     def _http(err: HTTPException):
         errors = None
@@ -93,7 +109,12 @@ def register(app: Flask) -> None:
             for value in nested.values():
                 merged.update(value if isinstance(value, dict) else {"_schema": value})
             errors = _flatten(merged)
-        return problem(err.code or 500, err.name, data.get("message") or err.description, errors=errors)
+        response = problem(err.code or 500, err.name, data.get("message") or err.description, errors=errors)
+        # Keep what the status needs besides the body, e.g. 405's Allow.
+        for name, value in err.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):

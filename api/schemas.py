@@ -1,7 +1,9 @@
 """Marshmallow schemas for every request and response of the API."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from datetime import UTC
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
 
@@ -58,10 +60,18 @@ class PageArgs(Schema):
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
 
 
+def _in_utc_range(moment) -> None:
+    """A moment the database can hold: '0001-01-01T00:00+14:00' is a valid timestamp before year 1 in UTC."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("out of range") from None
+
+
 class TaskFilterArgs(PageArgs):
     pathway = fields.String(validate=validate.Length(max=100))
     case = fields.String(validate=validate.Length(max=30))
-    due_before = fields.AwareDateTime(default_timezone=None)
+    due_before = fields.AwareDateTime(default_timezone=None, validate=_in_utc_range)
     overdue = fields.Boolean(load_default=False)
     mine = fields.Boolean(load_default=False)
 
@@ -276,3 +286,47 @@ class ClockPage(PageMeta):
 
 class ClockFilterArgs(PageArgs):
     status = fields.String(validate=validate.OneOf(["on_time", "at_risk", "breached"]))
+
+
+class DeployProblem(Schema):
+    file = fields.String(required=True)
+    message = fields.String(required=True)
+    element_id = fields.String(allow_none=True)
+    line = fields.Integer(allow_none=True)
+
+
+class Problem(Schema):
+    """Every error answer: RFC 9457 application/problem+json (see api/errors.py)."""
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                         metadata={"description": "invalid input: messages per field ('child.birth_date')"})
+    problems = fields.List(fields.Nested(DeployProblem), metadata={"description": "a bundle's failed deploy checks"})
+    incident_id = fields.Integer(metadata={"description": "the incident a failed step opened"})
+    instance_id = fields.Integer()
+    element_id = fields.String()
+
+
+class AccessLogArgs(PageArgs):
+    case = fields.String(validate=validate.Length(min=1, max=30), metadata={"description": "a case reference"})
+    user = fields.String(validate=validate.Length(min=1, max=100), metadata={"description": "a username"})
+    since = fields.AwareDateTime(default_timezone=None, validate=_in_utc_range,
+                                 metadata={"description": "from this moment (inclusive)"})
+    until = fields.AwareDateTime(default_timezone=None, validate=_in_utc_range,
+                                 metadata={"description": "up to this moment (exclusive)"})
+
+
+class AccessLogEntry(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    username = fields.String()
+    case_reference = fields.String(allow_none=True)
+    action = fields.String(metadata={"description": "read_case, read_clocks, read_task, read_instance, list_tasks, "
+                                                    "list_clocks, complete_task, send_message, read_access_log"})
+    resource = fields.String()
+
+
+class AccessLogPage(PageMeta):
+    items = fields.List(fields.Nested(AccessLogEntry), required=True)

@@ -73,3 +73,11 @@ class Invalid(EngineError):
 
 class AuthenticationFailed(EngineError):
     """Wrong credentials (HTTP 401)."""
+
+
+class TooManyAttempts(EngineError):
+    """Too many failed logins in a while (HTTP 429); `retry_after` is in whole seconds."""
+
+    def __init__(self, retry_after: int, message: str = "too many failed logins; try again later"):
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -77,6 +77,13 @@ class _DiagramFailure(Exception):
         super().__init__(str(error))
 
 
+class _StaleVersion(Conflict):
+    """The instance's version moved on between the load and the write of a step."""
+
+
+# A step that loses the race for its instance's version is run again this many times in all.
+_STEP_ATTEMPTS = 5
+
 _current_step: ContextVar[StepContext] = ContextVar("_current_step")
 
 
@@ -248,7 +255,9 @@ class Engine:
     def advance(self, instance_id: int, actor: str | None = None) -> StepResult:
         return self._step(instance_id, {"kind": "advance"}, actor)
 
-    def complete_task(self, task_id: str, data: dict, actor: str | None) -> StepResult:
+    def complete_task(self, task_id: str, data: dict, actor: str | None, claim: bool = False) -> StepResult:
+        """Complete a user task in one step. With `claim`, an unassigned task is claimed for `actor` in
+        that same step, so nobody ever sees it claimed by someone whose completion then loses a race."""
         with self.db.read() as session:
             task = session.get(HumanTask, task_id)
             if task is None:
@@ -259,7 +268,10 @@ class Engine:
                 raise Rejected("four eyes: this task must be completed by someone other than "
                                "whoever completed the earlier task")
             instance_id = task.instance_id
-        return self._step(instance_id, {"kind": "complete", "task_id": task_id, "data": data}, actor)
+        action = {"kind": "complete", "task_id": task_id, "data": data}
+        if claim:
+            action["claim"] = True
+        return self._step(instance_id, action, actor)
 
     def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
                         outbox_id: int | None = None, source_instance_id: int | None = None) -> list[int]:
@@ -451,13 +463,22 @@ class Engine:
     # --------------------------------------------------------------- the step
     def _step(self, instance_id: int, action: dict, actor: str | None) -> StepResult:
         try:
-            with self.db.write() as session:
-                instance = session.get(Instance, instance_id, populate_existing=True)
-                if instance is None:
-                    raise NotFound("instance not found")
-                if instance.status in ("completed", "cancelled"):
-                    raise Conflict(f"the instance is {instance.status}")
-                result = self._step_in(session, instance, action, actor)
+            for attempt in range(1, _STEP_ATTEMPTS + 1):
+                try:
+                    with self.db.write() as session:
+                        instance = session.get(Instance, instance_id, populate_existing=True)
+                        if instance is None:
+                            raise NotFound("instance not found")
+                        if instance.status in ("completed", "cancelled"):
+                            raise Conflict(f"the instance is {instance.status}")
+                        result = self._step_in(session, instance, action, actor)
+                    break
+                except _StaleVersion:
+                    # Another step of this instance committed first (say, the other branch of a
+                    # parallel split). Everything is rolled back: run the action again on the newer
+                    # state, where it raises a real Conflict if it no longer applies.
+                    if attempt == _STEP_ATTEMPTS:
+                        raise
         except _DiagramFailure as failure:
             incident_id = self._record_incident(instance_id, action, failure, actor)
             raise IncidentOpened(incident_id, instance_id, failure.element_id, _failure_message(failure.error)) \
@@ -500,7 +521,7 @@ class Engine:
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
-            raise Conflict("the instance was changed by someone else at the same time; reload and retry")
+            raise _StaleVersion("the instance was changed by someone else at the same time; reload and retry")
 
         # History in the order things happened: the completion, what the engine did, what it opened.
         self._close_human_tasks(session, instance, workflow, ctx, now)
@@ -555,6 +576,8 @@ class Engine:
             task = workflow.get_task_from_id(UUID(action["task_id"]))
             if task is None or task.state != TaskState.READY or not task.task_spec.manual:
                 raise Conflict("the task is no longer open")
+            if action.get("claim"):
+                self._claim_in_step(ctx, action["task_id"])
             task.data.update(action.get("data") or {})
             try:
                 task.run()
@@ -595,6 +618,22 @@ class Engine:
                                 "detail": {"due_at": timer.due_at.isoformat()}})
             return
         raise ValueError(f"unknown action {kind}")
+
+    def _claim_in_step(self, ctx: StepContext, task_id: str) -> None:
+        """Claim the task for the step's actor unless it is theirs already; someone else's is a Conflict."""
+        row = ctx.session.get(HumanTask, task_id)
+        if row is None or row.state != _OPEN:
+            raise Conflict("the task is no longer open")
+        if row.assignee == ctx.actor:
+            return
+        taken = ctx.session.execute(update(HumanTask)
+                                    .where(HumanTask.id == task_id, HumanTask.state == _OPEN,
+                                           HumanTask.assignee.is_(None))
+                                    .values(assignee=ctx.actor, claimed_at=clock.now()))
+        if taken.rowcount != 1:
+            raise Conflict("someone else took the task meanwhile")
+        ctx.history.append({"event": "task_claimed", "element_id": row.element_id,
+                            "detail": {"task_id": task_id, "assignee": ctx.actor}})
 
     def _element_done(self, task, ctx: StepContext) -> None:
         bpmn_id = getattr(task.task_spec, "bpmn_id", None)
@@ -783,6 +822,12 @@ class Engine:
                 session.add(incident)
                 session.flush()
                 incident_id = incident.id
+            task = session.get(HumanTask, action["task_id"]) if action.get("claim") else None
+            if task is not None and task.state == _OPEN and task.assignee is None:
+                # The submitter keeps the task while their submission waits in the incident.
+                task.assignee, task.claimed_at = actor, clock.now()
+                self._history(session, instance, actor, "task_claimed", element_id=task.element_id,
+                              detail={"task_id": task.id, "assignee": actor})
             if action["kind"] == "timer":
                 # A failing timer must not be fired again and again by the workers.
                 session.execute(update(Timer).where(Timer.id == action["timer_id"]).values(status="incident"))

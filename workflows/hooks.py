@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from engine import clock
 from engine.hooks import EngineHooks, Routing
@@ -77,7 +78,11 @@ class DomainHooks(EngineHooks):
         exists = session.scalar(select(CaseReferent.id)
                                 .where(CaseReferent.case_id == case.id, CaseReferent.role == role))
         if exists is None:
-            session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
+            try:
+                with session.begin_nested():
+                    session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
+            except IntegrityError:
+                pass  # a step on another pathway of the case committed a referent for this role first
 
     def on_message_received(self, session, instance, name: str, payload: dict) -> None:
         # A hand-off sent from outside (POST /api/messages) moves the case as one thrown by a pathway.

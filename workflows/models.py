@@ -50,6 +50,24 @@ class ApiToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class LoginAttempt(Base):
+    """A login attempt, counted against the username and the client address it came from.
+
+    Rows live in the database so that every API process shares the limits. A row is written
+    before the password is checked and removed again when the password was right, so what is
+    left in the window are failures (workflows.security.LoginLimits).
+    Keys are SHA-256 digests: the table never holds the typed username, which is sometimes a
+    password typed in the wrong field.
+    """
+
+    __tablename__ = "login_attempt"
+    __table_args__ = (Index("ix_login_attempt_key_at", "key_hash", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class Case(Base):
     __tablename__ = "case_file"
 

@@ -7,18 +7,20 @@ case, or holds a role that has (or had) a task on the case.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, select, text
 
 from engine import clock
 from engine.errors import NotFound, Rejected
 
-from .models import ApiToken, Case, Membership, User
+from .models import ApiToken, Case, LoginAttempt, Membership, User
 from .orgunits import IMAS_CODE, UNITS, find_unit
 from .roles import COMARCA, IMAS, MUNICIPALITY, ROLES, SECTION, SYSTEM
 
@@ -117,6 +119,79 @@ def authenticate(session, username: str, password: str) -> User | None:
     except (VerificationError, InvalidHashError):
         return None
     return user if user is not None and user.active else None
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed logins a username, and a client address, may have in `window`.
+
+    The address limit is higher: people behind one office router share an address. A
+    successful login clears its username's failures but not its address's, or one valid
+    account would let a guesser reset the address limit between guesses at other accounts.
+    """
+
+    per_user: int = 5
+    per_address: int = 30
+    window: timedelta = timedelta(minutes=15)
+
+    @classmethod
+    def from_env(cls) -> LoginLimits:
+        return cls(per_user=int(os.environ.get("CAMINS_LOGIN_MAX_FAILURES_PER_USER", cls.per_user)),
+                   per_address=int(os.environ.get("CAMINS_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.per_address)),
+                   window=timedelta(seconds=int(os.environ.get("CAMINS_LOGIN_WINDOW_SECONDS",
+                                                               cls.window.total_seconds()))))
+
+
+@dataclass(frozen=True)
+class AttemptKey:
+    key_hash: str
+    limit: int
+
+
+def attempt_keys(limits: LoginLimits, username: str, address: str | None) -> list[AttemptKey]:
+    """What a login attempt counts against: the username as typed (whether or not such a user
+    exists, so the answers tell nothing about that) and the client address, if known."""
+    keys = [AttemptKey(_digest("user:" + username), limits.per_user)]
+    if address:
+        keys.append(AttemptKey(_digest("address:" + address), limits.per_address))
+    return keys
+
+
+def admit_attempt(session, limits: LoginLimits, keys: list[AttemptKey]) -> tuple[list[int], int | None]:
+    """Record a login attempt before its password is checked, unless a key is over its limit.
+
+    Returns the ids of the rows recorded and None, or no ids and the seconds to wait. Attempts
+    are admitted one at a time (BEGIN IMMEDIATE on SQLite, a table lock on PostgreSQL, held for
+    this short transaction only), and each counts the attempts admitted before it, the ones
+    still being checked included: however many guesses arrive at once, no more than the limit
+    get their password checked. Attempts older than the window are dropped on the way.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE login_attempt IN SHARE ROW EXCLUSIVE MODE"))
+    now = clock.now()
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at <= now - limits.window))
+    wait = None
+    for key in keys:
+        earlier = sorted(session.scalars(select(LoginAttempt.at).where(LoginAttempt.key_hash == key.key_hash)))
+        if len(earlier) < key.limit:
+            continue
+        # Admitted again once all but limit - 1 of them have left the window.
+        free_at = earlier[len(earlier) - key.limit] + limits.window
+        wait = max(wait or 0, max(1, math.ceil((free_at - now).total_seconds())))
+    if wait is not None:
+        return [], wait
+    rows = [LoginAttempt(key_hash=k.key_hash, at=now) for k in keys]
+    session.add_all(rows)
+    session.flush()
+    return [r.id for r in rows], None
+
+
+def forget_attempts(session, ids: list[int]) -> None:
+    session.execute(delete(LoginAttempt).where(LoginAttempt.id.in_(ids)))
+
+
+def clear_user_failures(session, username: str) -> None:
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key_hash == _digest("user:" + username)))
 
 
 def issue_token(session, user: User) -> tuple[str, ApiToken]:

@@ -9,12 +9,22 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine import clock
 from engine.bundle import BundleFile, bundles_from_directory
 from engine.db import Database
-from engine.errors import AuthenticationFailed, Conflict, DeployError, Forbidden, IncidentOpened, Invalid, NotFound
+from engine.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DeployError,
+    Forbidden,
+    IncidentOpened,
+    Invalid,
+    NotFound,
+    TooManyAttempts,
+)
 from engine.migrate import upgrade
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
 from engine.runtime import Engine
@@ -59,6 +69,7 @@ class Camins:
         self.db = Database(database_url)
         self.hooks = DomainHooks()
         self.engine = Engine(self.db, self.hooks, script_time_limit=script_time_limit)
+        self.login_limits = security.LoginLimits.from_env()
 
     def upgrade_schema(self) -> None:
         upgrade(self.db.url, [DOMAIN_MIGRATIONS])
@@ -67,12 +78,23 @@ class Camins:
         self.db.dispose()
 
     # ------------------------------------------------------------ auth
-    def login(self, username: str, password: str) -> tuple[str, datetime]:
+    def login(self, username: str, password: str, address: str | None = None) -> tuple[str, datetime]:
+        """A token for the right password. Failures are limited per username and per client address
+        (`login_limits`, shared by every process through the database); past a limit the answer is
+        TooManyAttempts without checking the password, the same whether or not the user exists."""
+        keys = security.attempt_keys(self.login_limits, username, address)
         with self.db.write() as session:
+            attempt, wait = security.admit_attempt(session, self.login_limits, keys)
+        if wait is not None:
+            raise TooManyAttempts(wait)
+        with self.db.read() as session:  # the slow hash is checked outside any write transaction
             user = security.authenticate(session, username, password)
-            if user is None:
-                raise AuthenticationFailed("wrong username or password")
-            token, row = security.issue_token(session, user)
+        if user is None:
+            raise AuthenticationFailed("wrong username or password")  # the attempt stays, as a failure
+        with self.db.write() as session:
+            security.forget_attempts(session, attempt)
+            security.clear_user_failures(session, username)
+            token, row = security.issue_token(session, session.get(User, user.id))
             return token, row.expires_at
 
     def principal(self, token: str) -> Principal:
@@ -177,8 +199,12 @@ class Camins:
         year = clock.now().year
         counter = session.get(CaseCounter, year, with_for_update=True)
         if counter is None:
-            counter = CaseCounter(year=year, last=0)
-            session.add(counter)
+            try:
+                with session.begin_nested():
+                    session.add(CaseCounter(year=year, last=0))
+            except IntegrityError:
+                pass  # a notification made at the same moment created the year's counter first
+            counter = session.get(CaseCounter, year, with_for_update=True, populate_existing=True)
         counter.last += 1
         municipality = unit.code
         case = Case(reference=f"EXP-{year}-{counter.last:06d}", municipality=municipality, comarca=unit.parent,
@@ -228,6 +254,11 @@ class Camins:
         session.add(AccessLog(at=clock.now(), username=principal.username, case_reference=reference,
                               action=action, resource=resource))
 
+    def _log_listing(self, session, principal: Principal, references: list[str], action: str, resource: str):
+        """A list that shows cases is a read of each: one row per case shown."""
+        for reference in dict.fromkeys(references):
+            self._log_access(session, principal, reference, action, resource)
+
     # ------------------------------------------------------------ tasks
     def inbox(self, principal: Principal, process_key: str | None = None, case_reference: str | None = None,
               due_before: datetime | None = None, overdue: bool = False, mine: bool = False,
@@ -235,12 +266,13 @@ class Camins:
         if principal.only_notifier:
             raise Forbidden("notifiers have no inbox")
         per_page = min(max(per_page, 1), MAX_PER_PAGE)
-        queues = principal.queues()
-        workable = [HumanTask.assignee == principal.username]
-        if not mine and queues:
-            workable.append(and_(HumanTask.assignee.is_(None),
-                                 or_(*[and_(HumanTask.role == r, HumanTask.org_unit == u) for r, u in queues])))
-        query = select(HumanTask).where(HumanTask.state == "open", or_(*workable))
+        # Only tasks of a queue the caller holds now: one assigned to them before they left that role
+        # or territory is no longer theirs to see (a supervisor reassigns it).
+        in_queue = or_(false(), *[and_(HumanTask.role == r, HumanTask.org_unit == u) for r, u in principal.queues()])
+        workable = HumanTask.assignee == principal.username
+        if not mine:
+            workable = or_(workable, HumanTask.assignee.is_(None))
+        query = select(HumanTask).where(HumanTask.state == "open", in_queue, workable)
         if process_key:
             query = query.where(HumanTask.process_key == process_key)
         if case_reference:
@@ -249,12 +281,13 @@ class Camins:
             query = query.where(HumanTask.due_at <= due_before)
         if overdue:
             query = query.where(HumanTask.due_at < clock.now())
-        with self.db.read() as session:
+        with self.db.write() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(HumanTask.due_at.is_(None), HumanTask.due_at,
                                                   HumanTask.created_at, HumanTask.id)
                                    .offset((page - 1) * per_page).limit(per_page)).all()
             items = [self._task_summary(t) for t in rows]
+            self._log_listing(session, principal, [t.business_key for t in rows], "list_tasks", "tasks")
         return Page(items, total, page, per_page)
 
     def _task_summary(self, task: HumanTask) -> dict:
@@ -272,8 +305,8 @@ class Camins:
         if task is None:
             raise NotFound("task not found")
         case = session.scalar(select(Case).where(Case.reference == task.business_key))
-        allowed = (task.assignee == principal.username or self._is_candidate(principal, task)
-                   or (case is not None and principal.supervises(case)))
+        # Being the assignee is not enough: whoever left the task's role or territory loses it.
+        allowed = self._is_candidate(principal, task) or (case is not None and principal.supervises(case))
         if not allowed or case is None:
             raise NotFound("task not found")
         return task, case
@@ -316,8 +349,9 @@ class Camins:
     def reassign(self, principal: Principal, task_id: str, username: str | None) -> dict:
         with self.db.read() as session:
             task, case = self._visible_task(session, principal, task_id)
-            if not principal.supervises(case):
-                raise Forbidden("only a supervisor of the case's territory may reassign")
+            if not _directs(principal, case, task):
+                raise Forbidden("only a supervisor of the case's territory may reassign, and only the tasks "
+                                "of their own administration (municipal or IMAS)")
             if username is not None and username not in security.candidates(session, task.role, task.org_unit):
                 raise Invalid({"username": [f"'{username}' does not hold role {task.role} in {task.org_unit}"]})
         self.engine.reassign(task_id, username, principal.username)
@@ -339,9 +373,9 @@ class Camins:
             except SubmissionInvalid as err:
                 raise Invalid(err.errors) from None
             self._log_access(session, principal, case.reference, "complete_task", f"task/{task_id}")
-        if task.assignee is None:
-            self.engine.claim(task_id, principal.username)
-        result = self.engine.complete_task(task_id, cleaned, principal.username)
+        # An unassigned task is claimed in the completing step itself: racing colleagues see it open or
+        # done, never held by someone whose completion then fails, and every loser gets a 409.
+        result = self.engine.complete_task(task_id, cleaned, principal.username, claim=True)
         return {"task_id": task_id, "instance_id": result.instance_id, "instance_status": result.status}
 
     # ------------------------------------------------------------ cases and instances
@@ -388,7 +422,11 @@ class Camins:
             instance = session.get(Instance, instance_id)
             if instance is None:
                 raise NotFound("instance not found")
-            self._case_for_process_work(session, principal, instance.business_key)
+            try:
+                self._case_for_process_work(session, principal, instance.business_key)
+            except NotFound:
+                # The same answer as for an id that does not exist: no case reference, no existence.
+                raise NotFound("instance not found") from None
             detail = self._instance_summary(session, instance)
             detail.update(
                 case_reference=instance.business_key,
@@ -469,11 +507,43 @@ class Camins:
             query = query.where(ClockRun.at_risk_at <= now, ClockRun.due_at > now, ClockRun.clock_id.in_(deadlines))
         elif status == "on_time":
             query = query.where(or_(ClockRun.at_risk_at > now, ~ClockRun.clock_id.in_(deadlines)))
-        with self.db.read() as session:
+        with self.db.write() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(ClockRun.due_at, ClockRun.id)
                                    .offset((page - 1) * per_page).limit(per_page)).all()
+            self._log_listing(session, principal, [r.case_reference for r in rows], "list_clocks", "clocks")
             return Page([_clock_view(r, now) for r in rows], total, page, per_page)
+
+    # ------------------------------------------------------------ access log
+    def access_log(self, principal: Principal, case_reference: str | None = None, username: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None, page: int = 1,
+                   per_page: int = 50) -> Page:
+        """Auditors: who read or changed which case, oldest first; `since` inclusive, `until` exclusive.
+
+        Reading the log is itself logged, so the auditors are audited too."""
+        if not principal.has_role("auditor"):
+            raise Forbidden("only auditors read the access log")
+        if since is not None and until is not None and until < since:
+            raise Invalid({"until": ["must not be before since"]})
+        per_page = min(max(per_page, 1), MAX_PER_PAGE)
+        query = select(AccessLog)
+        if case_reference:
+            query = query.where(AccessLog.case_reference == case_reference)
+        if username:
+            query = query.where(AccessLog.username == username)
+        if since is not None:
+            query = query.where(AccessLog.at >= since)
+        if until is not None:
+            query = query.where(AccessLog.at < until)
+        with self.db.write() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(AccessLog.at, AccessLog.id)
+                                   .offset((page - 1) * per_page).limit(per_page)).all()
+            items = [dict(id=r.id, at=r.at, username=r.username, case_reference=r.case_reference, action=r.action,
+                          resource=r.resource) for r in rows]
+            resource = "access-log" + (f"?user={username}" if username else "")
+            self._log_access(session, principal, case_reference or None, "read_access_log", resource[:200])
+        return Page(items, total, page, per_page)
 
     def escalate_breached_clocks(self, limit: int = 100) -> int:
         """Open a supervisor task for every running clock past its due time, once; write history."""
@@ -524,11 +594,25 @@ class Camins:
             if incident is None:
                 raise NotFound("incident not found")
             instance = session.get(Instance, incident.instance_id)
-            case = self._case_for_process_work(session, principal, instance.business_key)
+            try:
+                case = self._case_for_process_work(session, principal, instance.business_key)
+            except NotFound:
+                raise NotFound("incident not found") from None
             if not (principal.supervises(case) or principal.has_role("analyst")):
                 raise Forbidden("only supervisors and analysts may retry incidents")
         result = self.engine.retry_incident(incident_id, principal.username)
         return {"instance_id": result.instance_id, "instance_status": result.status}
+
+
+def _directs(principal: Principal, case: Case, task: HumanTask) -> bool:
+    """A supervisor directs the work of their own administration on the cases of their territory: an SSCB
+    coordinator the tasks of municipal roles, an IMAS section head the tasks of IMAS roles."""
+    role = ROLES.get(task.role or "")
+    if role is None:
+        return False
+    municipal = role.level == MUNICIPALITY
+    return any(ROLES[g.role].supervisor and principal.covers(g, case) and (ROLES[g.role].level == MUNICIPALITY)
+               == municipal for g in principal.grants)
 
 
 def _clock_view(run: ClockRun, now: datetime) -> dict:

@@ -1,6 +1,8 @@
 """The API's blueprints. Each view checks its input with a schema and calls the service."""
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -24,10 +26,24 @@ messages_blp = Blueprint("messages", __name__, url_prefix="/api/messages",
 incidents_blp = Blueprint("incidents", __name__, url_prefix="/api/incidents", description="Incidents")
 clocks_blp = Blueprint("clocks", __name__, url_prefix="/api/clocks",
                        description="Legal clocks of the cases a supervisor oversees")
+access_log_blp = Blueprint("access_log", __name__, url_prefix="/api/access-log",
+                           description="Who read or changed which case (auditors)")
 
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
-              incidents_blp, clocks_blp]
+              incidents_blp, clocks_blp, access_log_blp]
 MAX_UPLOAD_FILES = 100
+
+
+def _answers(blp: Blueprint, *statuses: int):
+    """Document the problem+json answers an operation gives besides its success. A body that is not
+    JSON is a 400, one over CAMINS_MAX_UPLOAD_BYTES a 413; 422 for schema errors is added by
+    `arguments`."""
+    def decorator(view):
+        for status in sorted(statuses, reverse=True):
+            view = blp.alt_response(status, response=HTTPStatus(status).name)(view)
+        return view
+
+    return decorator
 
 
 def _page(page) -> dict:
@@ -38,16 +54,19 @@ def _page(page) -> dict:
 class TokenView(MethodView):
     @auth_blp.arguments(s.TokenRequest)
     @auth_blp.response(200, s.TokenResponse)
+    @_answers(auth_blp, 400, 401, 413, 429)
     @auth_blp.doc(security=[])
     def post(self, body):
-        """Exchange a username and password for a bearer token."""
-        token, expires_at = camins().login(body["username"], body["password"])
+        """Exchange a username and password for a bearer token. Repeated failures for a username or
+        from an address are answered 429 with Retry-After for a while, even with the right password."""
+        token, expires_at = camins().login(body["username"], body["password"], request.remote_addr)
         return {"access_token": token, "token_type": "Bearer", "expires_at": expires_at}
 
 
 @auth_blp.route("/logout")
 class LogoutView(MethodView):
     @auth_blp.response(204)
+    @_answers(auth_blp, 401)
     @authenticated
     def post(self):
         """Revoke the token used for this request."""
@@ -58,6 +77,7 @@ class LogoutView(MethodView):
 class NotificationsView(MethodView):
     @notifications_blp.arguments(s.NotificationRequest)
     @notifications_blp.response(201, s.NotificationResponse)
+    @_answers(notifications_blp, 400, 401, 403, 409, 413)
     @authenticated
     def post(self, body):
         """Notify a child at risk: opens a case and starts the detection pathway."""
@@ -69,6 +89,7 @@ class NotificationsView(MethodView):
 class TasksView(MethodView):
     @tasks_blp.arguments(s.TaskFilterArgs, location="query")
     @tasks_blp.response(200, s.TaskPage)
+    @_answers(tasks_blp, 401, 403)
     @authenticated
     def get(self, args):
         """What the caller may work on: assigned to them, or in a queue of their role and territory."""
@@ -80,6 +101,7 @@ class TasksView(MethodView):
 @tasks_blp.route("/<string:task_id>")
 class TaskView(MethodView):
     @tasks_blp.response(200, s.TaskDetail)
+    @_answers(tasks_blp, 401, 404)
     @authenticated
     def get(self, task_id):
         """One task with its form."""
@@ -89,6 +111,7 @@ class TaskView(MethodView):
 @tasks_blp.route("/<string:task_id>/claim")
 class ClaimView(MethodView):
     @tasks_blp.response(200, s.TaskDetail)
+    @_answers(tasks_blp, 401, 403, 404, 409, 422)
     @authenticated
     def post(self, task_id):
         """Take a task from the role queue."""
@@ -98,6 +121,7 @@ class ClaimView(MethodView):
 @tasks_blp.route("/<string:task_id>/unclaim")
 class UnclaimView(MethodView):
     @tasks_blp.response(200, s.TaskDetail)
+    @_answers(tasks_blp, 401, 404, 409)
     @authenticated
     def post(self, task_id):
         """Give a claimed task back to its queue."""
@@ -108,6 +132,7 @@ class UnclaimView(MethodView):
 class CompleteView(MethodView):
     @tasks_blp.arguments(s.CompleteRequest)
     @tasks_blp.response(200, s.CompleteResponse)
+    @_answers(tasks_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
     def post(self, body, task_id):
         """Complete a task with its form data (422 names each bad field; 409 if someone was faster)."""
@@ -118,6 +143,7 @@ class CompleteView(MethodView):
 class ReassignView(MethodView):
     @tasks_blp.arguments(s.ReassignRequest)
     @tasks_blp.response(200, s.TaskDetail)
+    @_answers(tasks_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
     def post(self, body, task_id):
         """Supervisors: give the task to another candidate, or back to the queue (username null)."""
@@ -127,6 +153,7 @@ class ReassignView(MethodView):
 @cases_blp.route("/<string:reference>")
 class CaseView(MethodView):
     @cases_blp.response(200, s.CaseView)
+    @_answers(cases_blp, 401, 404)
     @authenticated
     def get(self, reference):
         """A case: child, municipality, instances, open tasks, history. Out of scope answers 404."""
@@ -136,6 +163,7 @@ class CaseView(MethodView):
 @cases_blp.route("/<string:reference>/clocks")
 class CaseClocksView(MethodView):
     @cases_blp.response(200, s.ClockList)
+    @_answers(cases_blp, 401, 404)
     @authenticated
     def get(self, reference):
         """Every legal clock of the case, with its article and status (on time, at risk, breached, met, late)."""
@@ -146,16 +174,31 @@ class CaseClocksView(MethodView):
 class ScopeClocksView(MethodView):
     @clocks_blp.arguments(s.ClockFilterArgs, location="query")
     @clocks_blp.response(200, s.ClockPage)
+    @_answers(clocks_blp, 401, 403)
     @authenticated
     def get(self, args):
         """Supervisors: running clocks of every case in their territory, soonest due first."""
         return _page(camins().scope_clocks(g.principal, args.get("status"), args["page"], args["per_page"]))
 
 
+@access_log_blp.route("")
+class AccessLogView(MethodView):
+    @access_log_blp.arguments(s.AccessLogArgs, location="query")
+    @access_log_blp.response(200, s.AccessLogPage)
+    @_answers(access_log_blp, 401, 403)
+    @authenticated
+    def get(self, args):
+        """Auditors: who read or changed which case, oldest first. Filters: case, user, since (inclusive),
+        until (exclusive)."""
+        return _page(camins().access_log(g.principal, args.get("case"), args.get("user"), args.get("since"),
+                                         args.get("until"), args["page"], args["per_page"]))
+
+
 @instances_blp.route("")
 class InstancesView(MethodView):
     @instances_blp.arguments(s.StartInstanceRequest)
     @instances_blp.response(201, s.InstanceView)
+    @_answers(instances_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
     def post(self, body):
         """Start a pathway for a case (supervisors of its territory, analysts)."""
@@ -165,6 +208,7 @@ class InstancesView(MethodView):
 @instances_blp.route("/<int:instance_id>")
 class InstanceView(MethodView):
     @instances_blp.response(200, s.InstanceView)
+    @_answers(instances_blp, 401, 404)
     @authenticated
     def get(self, instance_id):
         """Active and completed elements, waiting timers and messages, incidents."""
@@ -181,7 +225,8 @@ def _uploaded_bundle() -> list[BundleFile]:
 
 
 _BUNDLE_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                               "minItems": 1, "maxItems": MAX_UPLOAD_FILES}},
     "required": ["files"]}}}}}
 
 
@@ -189,6 +234,7 @@ _BUNDLE_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
 class DefinitionsView(MethodView):
     @definitions_blp.arguments(s.PageArgs, location="query")
     @definitions_blp.response(200, s.DefinitionPage)
+    @_answers(definitions_blp, 401, 403)
     @authenticated
     def get(self, args):
         """Deployed definitions, newest version first."""
@@ -196,6 +242,7 @@ class DefinitionsView(MethodView):
 
     @definitions_blp.response(201, s.DeployResponse)
     @definitions_blp.doc(**_BUNDLE_DOC)
+    @_answers(definitions_blp, 401, 403, 409, 413, 422)
     @authenticated
     def post(self):
         """Deploy a bundle (analysts). Identical content keeps its version; a change makes the next one."""
@@ -208,6 +255,7 @@ class DefinitionsView(MethodView):
 class ValidateView(MethodView):
     @definitions_blp.response(200, s.ValidateResponse)
     @definitions_blp.doc(**_BUNDLE_DOC)
+    @_answers(definitions_blp, 401, 403, 413, 422)
     @authenticated
     def post(self):
         """Run every deploy check on a bundle without deploying it (analysts)."""
@@ -219,6 +267,7 @@ class ValidateView(MethodView):
 class MessagesView(MethodView):
     @messages_blp.arguments(s.MessageRequest)
     @messages_blp.response(202, s.MessageResponse)
+    @_answers(messages_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
     def post(self, body):
         """Deliver an external act (court ruling, consent, hearing) to the case's waiting pathway."""
@@ -228,6 +277,7 @@ class MessagesView(MethodView):
 @incidents_blp.route("/<int:incident_id>/retry")
 class RetryView(MethodView):
     @incidents_blp.response(200, s.RetryResponse)
+    @_answers(incidents_blp, 401, 403, 404, 409)
     @authenticated
     def post(self, incident_id):
         """Replay the failed step of an incident (supervisors, analysts)."""
