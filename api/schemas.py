@@ -236,10 +236,6 @@ class ValidateResponse(Schema):
     files = fields.List(fields.String())
 
 
-class BundleUpload(Schema):
-    files = fields.List(fields.Raw(metadata={"type": "string", "format": "binary"}), required=True)
-
-
 class MessageRequest(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     case_reference = fields.String(required=True, validate=validate.Length(min=1, max=30))
