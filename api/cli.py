@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -155,12 +156,17 @@ def serve(host: str, port: int, workers: int) -> None:
 
 @main.command(help="Run the background worker: fires due timers, delivers pending messages.")
 @click.option("--poll", default=5.0, show_default=True, type=float, help="Seconds between looks for due timers.")
-def worker(poll: float) -> None:
+@click.option("--batch", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="Timers leased at a time.")
+@click.option("--lease", default=300.0, show_default=True, type=click.FloatRange(1, 86_400),
+              help="Seconds a lease lasts; a dead worker's timers are fired by another once it expires.")
+def worker(poll: float, batch: int, lease: float) -> None:
     from tasks.worker import build_scheduler
 
     camins = _camins()
     scheduler = build_scheduler(camins.engine, poll_seconds=poll, blocking=True,
-                                housekeeping=[camins.escalate_breached_clocks])
+                                housekeeping=[camins.escalate_breached_clocks], batch_size=batch,
+                                lease=timedelta(seconds=lease))
     click.echo(f"worker {scheduler.worker.owner} polling every {poll}s (Ctrl-C to stop)")
     try:
         scheduler.start()

@@ -7,6 +7,7 @@ points that module's `datetime` name at a subclass whose `now()` asks our clock.
 """
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -64,8 +65,12 @@ class FileClock:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def set(self, moment: datetime) -> None:
-        with open(self.path, "w", encoding="utf-8") as handle:
+        # Write then rename: a reader in another process never sees a half-written (empty) file,
+        # which it would take for the real time.
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(moment.isoformat())
+        os.replace(temporary, self.path)
 
 
 _current = SystemClock()

@@ -52,12 +52,12 @@ class TimerWorker:
 
 
 def build_scheduler(engine, poll_seconds: float = 5.0, blocking: bool = False, daily_hour: int = 6,
-                    housekeeping=()):
+                    housekeeping=(), batch_size: int = 100, lease: timedelta = timedelta(minutes=5)):
     """Polling plus a date trigger at the next due time (real clock only) plus daily housekeeping.
 
     `housekeeping` callables (e.g. the legal-clock escalation of the domain) run on every poll.
     """
-    worker = TimerWorker(engine)
+    worker = TimerWorker(engine, batch_size=batch_size, lease=lease)
     scheduler = (BlockingScheduler if blocking else BackgroundScheduler)(timezone="UTC")
 
     def tick():
