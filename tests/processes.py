@@ -127,3 +127,15 @@ def start_worker(database_url: str, log_dir: Path, clock_file: str | None = None
     worker = CaminsProcess(["worker", "--poll", str(poll), "--batch", str(batch), "--lease", str(lease)],
                            database_url, Path(log_dir) / f"{name}.log", clock_file)
     return worker.start()
+
+
+def group_pids(process: CaminsProcess) -> set[int]:
+    """Process ids of a subprocess's group: for gunicorn, the master and its workers."""
+    pids = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(entry.name)) == process.pid:
+                pids.add(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return pids
