@@ -7,7 +7,6 @@ nothing else. It fails if the script's effect reaches the task data, if any answ
 attack takes unbounded time, or if the server process dies, is restarted by gunicorn, grows
 without bound or stops answering other requests meanwhile.
 
-The sandbox does not depend on the database, so this module runs on SQLite only.
 Unit-level cases of the same sandbox are in test_sandbox.py.
 """
 from __future__ import annotations
@@ -22,7 +21,7 @@ import requests
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
-from .conftest import Http, _prepare
+from .conftest import Http, _empty_tables
 from .pathway_driver import notify
 from .processes import group_pids, start_server
 
@@ -164,7 +163,7 @@ CONDITION_DIAGRAM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 # What each attack ran into, for the summary printed at the end (see the README's security table).
-OUTCOMES: dict[str, list[tuple[str, str, float]]] = {"refused at deploy": [], "incident": []}
+OUTCOMES: dict[str, list[tuple[str, str, float]]] = {}
 
 
 def _xml_text(source: str) -> str:
@@ -197,19 +196,19 @@ class HealthProbe(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory):
+def target(database_url, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sandbox_attacks")
-    url = f"sqlite:///{directory / 'camins.db'}"
-    _prepare(url)
-    camins = Camins(url)
+    _empty_tables(database_url)
+    camins = Camins(database_url)
     camins.deploy_directory(BUNDLED_DIAGRAMS)
     camins.close()
-    server = start_server(url, directory, workers=1)
+    server = start_server(database_url, directory, workers=1)
     pids = group_pids(server)
     http = Http(server.base)
     probe = HealthProbe(server.base)
     probe.start()
     reference = notify(http)
+    OUTCOMES.clear()
     yield server, http, reference
     probe.stopped.set()
     probe.join(timeout=HANG_SECONDS)
@@ -225,7 +224,7 @@ def target(tmp_path_factory):
 
 
 def _print_summary(probe: HealthProbe, peak: int) -> None:
-    refused, incidents = OUTCOMES["refused at deploy"], OUTCOMES["incident"]
+    refused, incidents = OUTCOMES.get("refused at deploy", []), OUTCOMES.get("incident", [])
     slowest = max((seconds for _, _, seconds in refused + incidents), default=0.0)
     print(f"\nsandbox attacks: {len(refused)} refused at deploy, {len(incidents)} incidents at run time; "
           f"slowest attack {slowest:.2f} s; /healthz answered {probe.answers} times during the attacks, "
@@ -265,7 +264,7 @@ def _run_attack(target, kind: str, attack: Attack, diagram: str, element_ids: se
     seconds = time.monotonic() - started
     assert seconds < HANG_SECONDS, f"{attack.name} took {seconds:.1f} s"
     assert server.alive(), server.log_tail()
-    OUTCOMES[outcome].append((kind, attack.name, seconds))
+    OUTCOMES.setdefault(outcome, []).append((kind, attack.name, seconds))
 
 
 @pytest.mark.parametrize("attack", SCRIPT_ATTACKS, ids=lambda a: a.name)
