@@ -1,6 +1,6 @@
 """The engine: deploy definitions, run instances one step at a time.
 
-A step is one database transaction: load → deserialize → act → run engine
+A step is one database transaction: load (the instance row locked) → deserialize → act → run engine
 steps → serialize → `UPDATE … WHERE id = ? AND version = ?` → projections →
 history. A lost race raises `Conflict`; a failure inside the diagram rolls the
 step back and opens an incident that keeps the failed action for a retry.
@@ -466,7 +466,12 @@ class Engine:
             for attempt in range(1, _STEP_ATTEMPTS + 1):
                 try:
                     with self.db.write() as session:
-                        instance = session.get(Instance, instance_id, populate_existing=True)
+                        # Lock the instance row before anything else of the step: every step then takes
+                        # its locks in the same order (instance, then its tasks and timers). Without it a
+                        # completion (claims its task row first) and a timer firing (updates the instance
+                        # first, then cancels that task row) deadlock on PostgreSQL.
+                        instance = session.get(Instance, instance_id, populate_existing=True,
+                                               with_for_update=True)
                         if instance is None:
                             raise NotFound("instance not found")
                         if instance.status in ("completed", "cancelled"):

@@ -166,8 +166,7 @@ def admit_attempt(session, limits: LoginLimits, keys: list[AttemptKey]) -> tuple
     still being checked included: however many guesses arrive at once, no more than the limit
     get their password checked. Attempts older than the window are dropped on the way.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("LOCK TABLE login_attempt IN SHARE ROW EXCLUSIVE MODE"))
+    _lock_attempts(session)
     now = clock.now()
     session.execute(delete(LoginAttempt).where(LoginAttempt.at <= now - limits.window))
     wait = None
@@ -186,11 +185,23 @@ def admit_attempt(session, limits: LoginLimits, keys: list[AttemptKey]) -> tuple
     return [r.id for r in rows], None
 
 
+def _lock_attempts(session) -> None:
+    """Every write to login_attempt takes this lock first (PostgreSQL; SQLite writes one at a time anyway).
+
+    Two successful logins of one user at the same moment each delete their own rows and then the
+    user's other rows, which include the other login's: without one lock first they deadlock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE login_attempt IN SHARE ROW EXCLUSIVE MODE"))
+
+
 def forget_attempts(session, ids: list[int]) -> None:
+    _lock_attempts(session)
     session.execute(delete(LoginAttempt).where(LoginAttempt.id.in_(ids)))
 
 
 def clear_user_failures(session, username: str) -> None:
+    _lock_attempts(session)
     session.execute(delete(LoginAttempt).where(LoginAttempt.key_hash == _digest("user:" + username)))
 
 
