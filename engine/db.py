@@ -30,7 +30,7 @@ class Base(DeclarativeBase):
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -60,7 +60,8 @@ class Database:
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
             self.read_engine = _sqlite_engine(url, "BEGIN")
         else:
-            self.write_engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.write_engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                              hide_parameters=True)
             self.read_engine = self.write_engine
         self._writer = sessionmaker(self.write_engine, expire_on_commit=False)
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)

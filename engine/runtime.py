@@ -394,6 +394,31 @@ class Engine:
             return False
         return True
 
+    def advance_stalled_instances(self, older_than: timedelta = timedelta(minutes=1), limit: int = 100) -> int:
+        """Advance instances created but never advanced: their creator died between the two transactions.
+
+        Starting an instance is two steps (write it, then advance it) so that a failure on the first
+        advance can open an incident on a stored instance. A crash in between leaves the instance
+        `created` with nothing open; this picks it up. Instances with an open incident wait for a retry.
+        """
+        cutoff = clock.now() - older_than
+        with self.db.read() as session:
+            ids = list(session.scalars(
+                select(Instance.id).where(Instance.status == "created", Instance.started_at < cutoff)
+                .where(~select(Incident.id).where(Incident.instance_id == Instance.id, Incident.status == _OPEN)
+                       .exists())
+                .order_by(Instance.id).limit(limit)))
+        advanced = 0
+        for instance_id in ids:
+            try:
+                self._step(instance_id, {"kind": "advance", "expect_status": "created"}, None)
+                advanced += 1
+            except (Conflict, NotFound):
+                continue  # advanced meanwhile by its creator or another worker
+            except IncidentOpened:
+                continue  # the incident is where a person looks now
+        return advanced
+
     def next_timer_due(self) -> datetime | None:
         with self.db.read() as session:
             return session.scalar(select(func.min(Timer.due_at)).where(Timer.status == "waiting"))
@@ -572,6 +597,8 @@ class Engine:
     def _apply(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
         kind = action["kind"]
         if kind == "advance":
+            if action.get("expect_status") not in (None, ctx.instance.status):
+                raise Conflict(f"the instance is {ctx.instance.status}")
             return
         if kind == "cancel":
             workflow.cancel()
@@ -620,7 +647,8 @@ class Engine:
             if task is not None and task.state == TaskState.WAITING:
                 raise Conflict("the timer is not due yet")
             ctx.history.append({"event": "timer_fired", "element_id": timer.element_id,
-                                "detail": {"due_at": timer.due_at.isoformat()}})
+                                "detail": {"timer_id": timer.id, "due_at": timer.due_at.isoformat(),
+                                           "worker": action["owner"]}})
             return
         raise ValueError(f"unknown action {kind}")
 

@@ -45,9 +45,14 @@ class TimerWorker:
                         fired += 1
                 except IncidentOpened as err:
                     log.warning("timer %s opened incident %s", timer_id, err.incident_id)
+                except Exception:
+                    # A database hiccup on one timer must not hold back the rest of the batch; this
+                    # one keeps its lease and is fired again once the lease expires.
+                    log.exception("timer %s could not be fired; it is retried after its lease", timer_id)
             if len(ids) < self.batch_size:
                 break
         self.engine.deliver_pending_outbox()
+        self.engine.advance_stalled_instances()
         return fired
 
 

@@ -222,6 +222,42 @@ def test_parallel_guesses_get_no_more_tries_than_the_limit(http, camins):
     assert Counter(statuses) == Counter({401: limit, 429: 20 - limit})
 
 
+def test_two_successful_logins_of_one_user_interleaved_both_commit(camins):
+    """Each successful login deletes its own attempt, then the user's other attempts: the other login's
+    included. Interleaved, two such transactions once deadlocked on PostgreSQL (a 500 for one person)."""
+    limits, user = camins.login_limits, "es.palma"
+    keys = security.attempt_keys(limits, user, None)
+    admitted = []
+    for _login in range(2):
+        with camins.db.write() as session:
+            admitted.append(security.admit_attempt(session, limits, keys)[0])
+    first_forgot, errors = threading.Event(), []
+
+    def second_login():
+        try:
+            first_forgot.wait(timeout=60)
+            with camins.db.write() as session:
+                security.forget_attempts(session, admitted[1])
+                security.clear_user_failures(session, user)
+        except Exception as err:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(err)
+
+    other = threading.Thread(target=second_login)
+    other.start()
+    try:
+        with camins.db.write() as session:
+            security.forget_attempts(session, admitted[0])
+            first_forgot.set()
+            time.sleep(0.5)  # the second login reaches its own deletes meanwhile (or waits for us)
+            security.clear_user_failures(session, user)
+    except Exception as err:  # noqa: BLE001
+        errors.append(err)
+    other.join(timeout=120)
+    assert errors == []
+    with camins.db.read() as session:
+        assert session.scalar(text("SELECT count(*) FROM login_attempt")) == 0
+
+
 # ---------------------------------------------------------------- tokens
 
 

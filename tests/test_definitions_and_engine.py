@@ -303,3 +303,82 @@ def test_twenty_day_timer_fires_once_with_two_worker_processes(http, camins, dat
         open_tasks = set(session.scalars(select(HumanTask.element_id).where(
             HumanTask.business_key == reference, HumanTask.state == "open")))
     assert open_tasks == {"decisio_imas", "revisar_termini_vencut"}
+
+
+def _created_but_never_advanced(camins, reference: str) -> int:
+    """An instance written by a request whose process died before its first advance."""
+    with camins.db.write() as session:
+        definition = camins.engine.latest_definition(session, "prova")
+        return camins.engine.create_instance(session, definition, reference, {}, "analista").id
+
+
+def test_worker_advances_an_instance_whose_creator_died_before_advancing_it(http, camins, manual_clock):
+    reference = notify(http)
+    assert upload(http, bundle(script="x = 1")).status_code == 201
+    orphan = _created_but_never_advanced(camins, reference)
+    worker = TimerWorker(camins.engine, owner="worker-a")
+    worker.run_once()
+    with camins.db.read() as session:
+        # Its creator may still be about to advance it: a fresh one is left alone.
+        assert session.get(Instance, orphan).status == "created"
+    manual_clock.advance(timedelta(minutes=2))
+    worker.run_once()
+    with camins.db.read() as session:
+        instance = session.get(Instance, orphan)
+        assert instance.status == "completed" and instance.completed_elements == ["end", "script", "start"]
+        assert session.scalar(select(func.count()).select_from(HistoryEvent).where(
+            HistoryEvent.instance_id == orphan, HistoryEvent.event == "instance_completed")) == 1
+
+
+def test_worker_leaves_a_stalled_instance_with_an_open_incident_to_a_person(http, camins, manual_clock):
+    reference = notify(http)
+    assert upload(http, bundle(script="x = 1 / 0")).status_code == 201
+    failing = http.post("/api/instances", "analista", json={"process_key": "prova", "case_reference": reference,
+                                                            "data": {}}).json()
+    assert failing["incident_id"] is not None and failing["status"] == "created"
+    manual_clock.advance(timedelta(minutes=2))
+    TimerWorker(camins.engine, owner="worker-a").run_once()
+    with camins.db.read() as session:
+        assert session.get(Instance, failing["id"]).status == "created"
+        assert session.scalar(select(func.count()).select_from(Incident)) == 1  # not one more per poll
+
+
+def test_one_timer_failing_on_the_database_does_not_hold_back_the_batch(http, camins, manual_clock, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    references = [_to_imas_decision(http), _to_imas_decision(http, "Manacor", "manacor")]
+    manual_clock.advance(timedelta(days=20, minutes=1))
+    with camins.db.read() as session:
+        first, second = session.scalars(select(Timer.id).order_by(Timer.due_at, Timer.id)).all()
+    fire = camins.engine.fire_timer
+
+    def database_hiccup(timer_id, owner):
+        if timer_id == first:
+            raise OperationalError("UPDATE instance ...", {}, Exception("connection reset"))
+        return fire(timer_id, owner)
+
+    monkeypatch.setattr(camins.engine, "fire_timer", database_hiccup)
+    worker = TimerWorker(camins.engine, owner="worker-a", lease=timedelta(minutes=5))
+    assert worker.run_once() == 1
+    monkeypatch.undo()
+    with camins.db.read() as session:
+        assert set(session.scalars(select(Timer.id))) == {first}  # still leased to worker-a
+    assert TimerWorker(camins.engine, owner="worker-b").run_once() == 0
+    manual_clock.advance(timedelta(minutes=6))
+    assert TimerWorker(camins.engine, owner="worker-b").run_once() == 1
+    with camins.db.read() as session:
+        fired = session.scalars(select(HistoryEvent).where(HistoryEvent.event == "timer_fired")
+                                .order_by(HistoryEvent.id)).all()
+    assert sorted(e.business_key for e in fired) == sorted(references)
+    assert [e.detail["worker"] for e in fired] == ["worker-a", "worker-b"]
+    assert [e.detail["timer_id"] for e in fired] == [second, first]
+
+
+def test_database_errors_never_carry_the_values_sent(camins):
+    """Errors end up in logs; the values bound to a statement are personal data (names, notes)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    secret = "Maria Nena Secreta"
+    with pytest.raises(DBAPIError) as info:
+        with camins.db.write() as session:
+            session.execute(text("INSERT INTO no_such_table (name) VALUES (:name)"), {"name": secret})
+    assert secret not in str(info.value)
