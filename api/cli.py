@@ -176,6 +176,30 @@ def worker(poll: float, batch: int, lease: float) -> None:
         pass
 
 
+@main.command(help="Measure the engine against SpiffWorkflow's own limit: task completions per second (raw loop, "
+                   "engine step, HTTP), cost of a long history, inbox latency at 10k and 1M tasks, 100,000 "
+                   "timers, state sizes. Each measurement gets a fresh database.")
+@click.option("--database", "databases", multiple=True, default=("sqlite",), show_default=True,
+              help="'sqlite' (a temporary file) or a PostgreSQL URL, on whose server scratch databases are "
+                   "created and dropped. Repeat to measure both.")
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every measurement in a few minutes.")
+@click.option("--only", multiple=True, type=click.Choice(["steps", "history", "inbox", "timers", "state"]),
+              help="Run only these measurements (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the report here.")
+def bench(databases: tuple[str, ...], quick: bool, only: tuple[str, ...], json_path: str | None) -> None:
+    import json
+
+    from .bench import format_table, run_bench
+
+    logging.getLogger().setLevel(logging.WARNING)  # progress lines only
+    report = run_bench(list(databases), quick, list(only) or None, lambda line: click.echo(line, err=True))
+    click.echo(format_table(report))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"\nwritten to {json_path}")
+
+
 @main.command(help="Run the demo: SQLite file, bundled pathways, demo users and cases, server and scheduler.")
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)

@@ -730,8 +730,11 @@ class Engine:
 
     def _open_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
         """A row, routed to a role queue or a person, for every newly ready user task."""
-        known = set(session.scalars(select(HumanTask.id).where(HumanTask.instance_id == instance.id)))
-        for task in workflow.get_tasks(state=TaskState.READY, manual=True):
+        ready = workflow.get_tasks(state=TaskState.READY, manual=True)
+        # Looked up by id, so the cost does not grow with the tasks the instance completed before.
+        known = set(session.scalars(select(HumanTask.id).where(HumanTask.id.in_([str(t.id) for t in ready])))) \
+            if ready else set()
+        for task in ready:
             task_id = str(task.id)
             if task_id in known:
                 continue

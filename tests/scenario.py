@@ -13,6 +13,7 @@ from engine import clock
 from engine.models import HumanTask, Instance
 from tasks.worker import TimerWorker
 from workflows.demo import DEMO_USERS
+from workflows.forms import sample_submission
 
 from .pathway_driver import notification
 
@@ -26,31 +27,8 @@ SUPERVISOR = {"manacor": "coord.manacor", "son-servera": "coord.sonservera", "in
               "palma": "coord.palma"}
 
 
-def sample_value(field: dict):
-    kind = field["type"]
-    if field.get("values"):
-        return field["values"][0]["value"]
-    if kind == "checkbox":
-        return False
-    if kind == "number":
-        validate = field.get("validate") or {}
-        return validate.get("min", 1)
-    if kind == "datetime":
-        return clock.now().date().isoformat()
-    return "Text d'exemple"
-
-
 def sample_data(form: dict, overrides: dict) -> dict:
-    from workflows.forms import form_fields
-
-    data = {}
-    for field in form_fields(form):
-        if field.get("disabled"):
-            continue
-        if field["required"] or field["type"] in ("radio", "select", "checkbox"):
-            data[field["key"]] = sample_value(field)
-    data.update(overrides)
-    return data
+    return sample_submission(form, overrides, clock.now().date())
 
 
 class Case:

@@ -770,3 +770,31 @@ def validate_submission(form: dict, data: dict) -> dict:
         return schema.load(data)
     except ValidationError as exc:
         raise SubmissionInvalid(_flatten_errors(exc.messages)) from None
+
+
+def sample_value(field: dict, today: date):
+    """A valid value for one field: its first option, its minimum, today, or a short text."""
+    if field.get("values"):
+        return field["values"][0]["value"]
+    if field["type"] == "checkbox":
+        return False
+    if field["type"] == "number":
+        return (field.get("validate") or {}).get("min", 1)
+    if field["type"] == "datetime":
+        return today.isoformat()
+    return "Text d'exemple"
+
+
+def sample_submission(form: dict, decisions: dict, today: date) -> dict:
+    """A submission of `form` that passes its validation: every required or choice field filled with a
+    sample value, then `decisions` on top. Scenario tests and the benchmark state only what chooses
+    the path."""
+    data = {}
+    for field in form_fields(form):
+        if field.get("disabled"):
+            continue
+        if field["required"] or field["type"] in ("radio", "select", "checkbox"):
+            data[field["key"]] = sample_value(field, today)
+    data.update(decisions)
+    return data
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import lazyload
 
 from engine import clock
 from engine.hooks import EngineHooks, Routing
@@ -170,4 +171,10 @@ class DomainHooks(EngineHooks):
 
 
 def _case(session, reference: str) -> Case | None:
-    return session.scalar(select(Case).where(Case.reference == reference))
+    """The case of a step, loaded once per transaction and without its family and referents: a step
+    asks for it from several hooks, and none of them needs the relations."""
+    cases = session.info.setdefault("camins_cases", {})
+    if reference not in cases:
+        cases[reference] = session.scalar(select(Case).where(Case.reference == reference)
+                                          .options(lazyload(Case.family), lazyload(Case.referents)))
+    return cases[reference]
