@@ -20,7 +20,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDef
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import clock
@@ -118,14 +118,16 @@ def _message_definitions(task) -> list[MessageEventDefinition]:
 _REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
 
 
-def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine) -> set[str]:
-    """Sequence flows between each reached element and the nearest diagram element above it.
+def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine, reached_before: set) -> set[str]:
+    """Sequence flows between each element reached in this step and the nearest diagram element above it.
 
     When several flows join the same two elements, the ones whose condition holds on the
-    source's data were crossed.
+    source's data were crossed. Tasks reached in earlier steps were counted then.
     """
     crossed = set()
     for task in workflow.get_tasks(state=_REACHED):
+        if task.id in reached_before:
+            continue
         target = getattr(task.task_spec, "bpmn_id", None)
         if not target:
             continue
@@ -145,6 +147,21 @@ def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine) -> set[st
             except Exception:  # a condition that cannot be evaluated was not the one taken
                 continue
     return crossed
+
+
+_HISTORY_BUFFER = "camins_history_buffer"
+
+
+def _flush_history(session) -> None:
+    """Insert the history rows a step collected, in the order they happened, in one statement."""
+    rows = session.info.get(_HISTORY_BUFFER)
+    if rows:
+        session.execute(insert(HistoryEvent), list(rows))
+        rows.clear()
+
+
+def _waits_for_events(workflow: BpmnWorkflow) -> bool:
+    return any(_waits_for_timer(t) or _message_definitions(t) for t in workflow.get_tasks(state=TaskState.WAITING))
 
 
 def _timer_due(task) -> datetime | None:
@@ -518,8 +535,14 @@ class Engine:
         return result
 
     def _step_in(self, session, instance: Instance, action: dict, actor: str | None) -> StepResult:
-        cached = self.specs.get(instance.definition)
+        # Found by id: loading the definition row on every step would cost a query.
+        cached = self.specs.cached(instance.definition_id) or self.specs.get(instance.definition)
         workflow = self.serializer.loads(instance.state, cached.spec, cached.subprocess_specs, self.script_engine)
+        owns_history_buffer = _HISTORY_BUFFER not in session.info  # a cancelled descendant's step shares it
+        if owns_history_buffer:
+            session.info[_HISTORY_BUFFER] = []
+        reached_before = {t.id for t in workflow.get_tasks(state=_REACHED)}
+        waited_before = _waits_for_events(workflow)
         ctx = StepContext(session, instance, actor, cached)
         token = _current_step.set(ctx)
         try:
@@ -540,7 +563,8 @@ class Engine:
         active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
             state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
         completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
-        taken = sorted(set(instance.taken_flows or []) | _crossed_flows(workflow, cached.flows, self.script_engine))
+        taken = sorted(set(instance.taken_flows or [])
+                       | _crossed_flows(workflow, cached.flows, self.script_engine, reached_before))
         new_version = instance.version + 1
         result = session.execute(
             update(Instance)
@@ -557,7 +581,7 @@ class Engine:
         self._close_human_tasks(session, instance, workflow, ctx, now)
         for entry in ctx.history:
             self._history(session, instance, entry.pop("actor", actor), **entry)
-        self._project(session, instance, workflow, ctx, now, thrown)
+        self._project(session, instance, workflow, ctx, now, thrown, waited_before)
         elements = ctx.cached.elements
         self.hooks.on_elements(session, instance, [elements[e] for e in ctx.entered if e in elements],
                                [elements[e] for e in ctx.completed_elements if e in elements], now)
@@ -573,6 +597,9 @@ class Engine:
             self._history(session, instance, actor, "instance_completed")
             self.hooks.on_instance_ended(session, instance)
             self._cancel_owned_descendants(session, instance, actor)
+        _flush_history(session)
+        if owns_history_buffer:
+            del session.info[_HISTORY_BUFFER]
         return StepResult(instance.id, new_version, status, ctx.outbox_ids)
 
     def _run_engine(self, workflow: BpmnWorkflow, ctx: StepContext) -> None:
@@ -691,11 +718,14 @@ class Engine:
 
     # ------------------------------------------------------------ projections
     def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now,
-                 thrown: list) -> None:
+                 thrown: list, waited_before: bool = True) -> None:
         self._open_human_tasks(session, instance, workflow, ctx, now)
         waiting = workflow.get_tasks(state=TaskState.WAITING)
-        ctx.entered += self._project_timers(session, instance, waiting)
-        ctx.entered += self._project_subscriptions(session, instance, waiting)
+        if waited_before or any(_waits_for_timer(t) or _message_definitions(t) for t in waiting):
+            # Rows exist only for tasks waiting on a timer or a message: with none before or after
+            # this step there is nothing to add or remove.
+            ctx.entered += self._project_timers(session, instance, waiting)
+            ctx.entered += self._project_subscriptions(session, instance, waiting)
         for event in thrown:
             if isinstance(event.event_definition, MessageEventDefinition):
                 payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
@@ -886,8 +916,11 @@ class Engine:
 
     def _history(self, session, instance: Instance | None, actor, event: str, element_id: str | None = None,
                  detail: dict | None = None, instance_id: int | None = None, business_key: str | None = None):
-        session.add(HistoryEvent(
-            instance_id=instance.id if instance is not None else instance_id,
-            business_key=instance.business_key if instance is not None else business_key,
-            at=clock.now(), actor=actor, event=event, element_id=element_id, detail=detail or {},
-        ))
+        row = dict(instance_id=instance.id if instance is not None else instance_id,
+                   business_key=instance.business_key if instance is not None else business_key,
+                   at=clock.now(), actor=actor, event=event, element_id=element_id, detail=detail or {})
+        buffer = session.info.get(_HISTORY_BUFFER)
+        if buffer is not None:
+            buffer.append(row)  # a step writes its history in one statement at its end
+        else:
+            session.add(HistoryEvent(**row))

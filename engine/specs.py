@@ -46,6 +46,10 @@ class SpecCache:
                 cached = self._cache[definition.id] = self._build(definition)
         return cached
 
+    def cached(self, definition_id: int) -> CachedSpec | None:
+        """The spec if it is cached already, without touching the database."""
+        return self._cache.get(definition_id)
+
     def put(self, definition_id: int, compiled) -> None:
         with self._lock:
             self._cache[definition_id] = _cached_from(compiled)

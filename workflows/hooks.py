@@ -47,8 +47,7 @@ class DomainHooks(EngineHooks):
 
     def _referent(self, session, case: Case, role: str, unit: str | None) -> str | None:
         """Continuity of the professional: the referent gets the task if they still hold the role there."""
-        referent = session.scalar(select(CaseReferent.username)
-                                  .where(CaseReferent.case_id == case.id, CaseReferent.role == role))
+        referent = _referents(session, case).get(role)
         if referent is None:
             return None
         still_there = session.scalar(
@@ -76,14 +75,15 @@ class DomainHooks(EngineHooks):
         case = _case(session, human_task.business_key)
         if case is None:
             return
-        exists = session.scalar(select(CaseReferent.id)
-                                .where(CaseReferent.case_id == case.id, CaseReferent.role == role))
-        if exists is None:
+        referents = _referents(session, case)
+        if role not in referents:
             try:
                 with session.begin_nested():
                     session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
+                referents[role] = actor
             except IntegrityError:
-                pass  # a step on another pathway of the case committed a referent for this role first
+                # A step on another pathway of the case committed a referent for this role first.
+                session.info.get("camins_referents", {}).pop(case.id, None)
 
     def on_message_received(self, session, instance, name: str, payload: dict) -> None:
         # A hand-off sent from outside (POST /api/messages) moves the case as one thrown by a pathway.
@@ -168,6 +168,15 @@ class DomainHooks(EngineHooks):
                              element_id=element_id, started_at=now, due_at=due,
                              at_risk_at=clocks.at_risk_at(clock, now, due)))
         session.flush()
+
+
+def _referents(session, case: Case) -> dict[str, str]:
+    """Role → the case's referent professional, read once per transaction."""
+    cache = session.info.setdefault("camins_referents", {})
+    if case.id not in cache:
+        cache[case.id] = dict(session.execute(select(CaseReferent.role, CaseReferent.username)
+                                              .where(CaseReferent.case_id == case.id)).all())
+    return cache[case.id]
 
 
 def _case(session, reference: str) -> Case | None:
