@@ -22,7 +22,6 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from workflows.demo import create_demo_users
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
@@ -102,8 +101,25 @@ class BenchRun:
         if deploy:
             camins.deploy_directory(BUNDLED_DIAGRAMS)
         if users:
-            create_demo_users(camins)
+            create_demo_users_quickly(camins)
         return camins
+
+
+def create_demo_users_quickly(camins) -> None:
+    """The demo users, all with one argon2 hash of the demo password: hashing 43 passwords one by one
+    would take longer than some measurements. Benchmark data only (every user shares the salt)."""
+    from engine import clock
+    from workflows.demo import DEMO_PASSWORD, DEMO_USERS
+    from workflows.models import User
+    from workflows.security import hash_password, membership_for
+
+    digest = hash_password(DEMO_PASSWORD)
+    with camins.db.write() as session:
+        for username, role, unit in DEMO_USERS:
+            user = User(username=username, full_name=username, password_hash=digest, active=True,
+                        created_at=clock.now())
+            user.memberships.append(membership_for(role, unit))
+            session.add(user)
 
 
 def _upgrade(url: str) -> None:
