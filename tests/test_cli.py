@@ -24,10 +24,17 @@ def camins(*args, url: str | None = None, stdin: str | None = None) -> subproces
 def test_help_lists_every_command():
     result = camins("--help")
     assert result.returncode == 0
-    for command in ("demo", "serve", "worker", "db", "deploy", "validate", "users"):
+    for command in ("demo", "serve", "worker", "db", "deploy", "validate", "users", "bench"):
         assert command in result.stdout
-    for command in ("demo", "serve", "worker", "deploy", "validate"):
+    for command in ("demo", "serve", "worker", "deploy", "validate", "bench"):
         assert camins(command, "--help").returncode == 0
+    bench = camins("bench", "--help").stdout
+    assert all(option in bench for option in ("--quick", "--database", "--json", "--only"))
+
+
+def test_bench_refuses_an_unknown_measurement():
+    result = camins("bench", "--only", "everything")
+    assert result.returncode == 2 and "Invalid value for '--only'" in result.stderr
 
 
 def test_validate_bundled_and_broken_diagrams(tmp_path):
