@@ -189,7 +189,7 @@ def worker(poll: float, batch: int, lease: float) -> None:
 def bench(databases: tuple[str, ...], quick: bool, only: tuple[str, ...], json_path: str | None) -> None:
     import json
 
-    from .bench import format_table, run_bench
+    from tasks.bench import format_table, run_bench
 
     logging.getLogger().setLevel(logging.WARNING)  # progress lines only
     report = run_bench(list(databases), quick, list(only) or None, lambda line: click.echo(line, err=True))

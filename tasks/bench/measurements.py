@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-# (name, what it measures), in the order they run; each is the module api/bench/<name>.py.
+# (name, what it measures), in the order they run; each is the module tasks/bench/<name>.py.
 ALL = [
     ("steps", "raw_step_per_s, engine_step_per_s, http_completions_per_s"),
     ("history", "history_cost_ratio"),
