@@ -31,6 +31,7 @@ class TimerWorker:
         self.batch_size = batch_size
         self.lease = lease
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stalled_checked_at = None
 
     def run_once(self) -> int:
         """Fire every timer due now; returns how many fired."""
@@ -52,7 +53,11 @@ class TimerWorker:
             if len(ids) < self.batch_size:
                 break
         self.engine.deliver_pending_outbox()
-        self.engine.advance_stalled_instances()
+        now = clock.now()
+        # Stalled instances are rare (a crash between two transactions): look once a minute, not every poll.
+        if self._stalled_checked_at is None or now - self._stalled_checked_at >= timedelta(minutes=1):
+            self._stalled_checked_at = now
+            self.engine.advance_stalled_instances()
         return fired
 
 
