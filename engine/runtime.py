@@ -20,7 +20,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDef
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import clock
@@ -60,6 +60,8 @@ class StepContext:
     outbox_ids: list[int] = field(default_factory=list)
     submitted_fields: dict[str, list[str]] = field(default_factory=dict)
     entered: list[str] = field(default_factory=list)
+    task_row: object = None  # the human task a completion completes, read at the start of the step
+    claims: set[str] = field(default_factory=set)  # tasks the completion claims for the actor
 
 
 @dataclass
@@ -116,18 +118,59 @@ def _message_definitions(task) -> list[MessageEventDefinition]:
 
 
 _REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
+_ACTIVE = TaskState.READY | TaskState.WAITING | TaskState.STARTED
 
 
-def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine, reached_before: set) -> set[str]:
-    """Sequence flows between each element reached in this step and the nearest diagram element above it.
+def _all_tasks(workflow: BpmnWorkflow):
+    """Every task of the instance, its subprocesses' included, without walking the task tree.
+
+    Spiff's `get_tasks` walks the tree from the root on every call; a step needs the tasks' states
+    before and after it, and asking ten filtered walks cost more than the projections themselves.
+    """
+    yield from workflow.tasks.values()
+    for subprocess in workflow.subprocesses.values():
+        yield from subprocess.tasks.values()
+
+
+@dataclass
+class TaskSnapshot:
+    """What a step needs to know about the tasks of an instance at one moment, from one pass."""
+
+    reached: dict[UUID, object]      # completed, ready, waiting or started
+    ready_manual: dict[str, object]  # user tasks a person can complete, by id, in creation order
+    waiting: list                    # tasks waiting for an event (timers, messages)
+    active_elements: set[str]
+
+    @classmethod
+    def of(cls, workflow: BpmnWorkflow) -> TaskSnapshot:
+        reached, ready_manual, waiting, active = {}, {}, [], set()
+        for task in _all_tasks(workflow):
+            state = task.state
+            if not state & _REACHED:
+                continue
+            reached[task.id] = task
+            if state & _ACTIVE:
+                bpmn_id = getattr(task.task_spec, "bpmn_id", None)
+                if bpmn_id:
+                    active.add(bpmn_id)
+                if state == TaskState.READY and task.task_spec.manual:
+                    ready_manual[str(task.id)] = task
+                elif state == TaskState.WAITING:
+                    waiting.append(task)
+        return cls(reached, ready_manual, waiting, active)
+
+    def waits_for_events(self) -> bool:
+        return any(_waits_for_timer(t) or _message_definitions(t) for t in self.waiting)
+
+
+def _crossed_flows(new_tasks, flows: dict, script_engine) -> set[str]:
+    """Sequence flows between each newly reached element and the nearest diagram element above it.
 
     When several flows join the same two elements, the ones whose condition holds on the
     source's data were crossed. Tasks reached in earlier steps were counted then.
     """
     crossed = set()
-    for task in workflow.get_tasks(state=_REACHED):
-        if task.id in reached_before:
-            continue
+    for task in new_tasks:
         target = getattr(task.task_spec, "bpmn_id", None)
         if not target:
             continue
@@ -149,6 +192,57 @@ def _crossed_flows(workflow: BpmnWorkflow, flows: dict, script_engine, reached_b
     return crossed
 
 
+# The step's statements, built once: building an UPDATE of a dozen values costs about as much as
+# running it. They go to the connection, past the ORM's unit of work, which a step does not need.
+_INSTANCES = Instance.__table__
+_TASKS = HumanTask.__table__
+_LOCK_INSTANCE = (
+    select(_INSTANCES.c.id, _INSTANCES.c.definition_id, _INSTANCES.c.process_key, _INSTANCES.c.business_key,
+           _INSTANCES.c.status, _INSTANCES.c.state, _INSTANCES.c.version, _INSTANCES.c.completed_elements,
+           _INSTANCES.c.taken_flows)
+    .where(_INSTANCES.c.id == bindparam("instance_id"))
+    .with_for_update(of=_INSTANCES)
+)
+_SAVE_INSTANCE = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.id == bindparam("instance_id"), _INSTANCES.c.version == bindparam("expected_version"))
+    .values(state=bindparam("new_state"), version=bindparam("new_version"), status=bindparam("new_status"),
+            updated_at=bindparam("now"), ended_at=bindparam("ended_at"), active_elements=bindparam("active"),
+            completed_elements=bindparam("completed"), taken_flows=bindparam("taken"),
+            serializer_version=bindparam("serializer_version"))
+)
+_TASK_TO_COMPLETE = select(_TASKS.c.id, _TASKS.c.instance_id, _TASKS.c.element_id, _TASKS.c.state,
+                           _TASKS.c.assignee, _TASKS.c.distinct_from_user).where(_TASKS.c.id == bindparam("task_id"))
+_TASK_COMPLETED = (
+    update(_TASKS)
+    .where(_TASKS.c.id == bindparam("task_id"), _TASKS.c.state == _OPEN)
+    .values(state="completed", completed_at=bindparam("now"), completed_by=bindparam("actor"))
+    .returning(_TASKS.c.id, _TASKS.c.business_key, _TASKS.c.element_id, _TASKS.c.role)
+)
+# A completion that claims: the task becomes the actor's unless a colleague took it since it was read.
+_TASK_CLAIMED_AND_COMPLETED = (
+    update(_TASKS)
+    .where(_TASKS.c.id == bindparam("task_id"), _TASKS.c.state == _OPEN,
+           (_TASKS.c.assignee.is_(None)) | (_TASKS.c.assignee == bindparam("actor")))
+    .values(state="completed", completed_at=bindparam("now"), completed_by=bindparam("actor"),
+            assignee=bindparam("actor"), claimed_at=bindparam("now"))
+    .returning(_TASKS.c.id, _TASKS.c.business_key, _TASKS.c.element_id, _TASKS.c.role)
+)
+
+
+def _task_to_complete(session, task_id: str, actor: str | None):
+    """The human task a completion is for, checked before its instance is loaded."""
+    row = session.connection().execute(_TASK_TO_COMPLETE, {"task_id": task_id}).first()
+    if row is None:
+        raise NotFound("task not found")
+    if row.state != _OPEN:
+        raise Conflict(f"the task is already {row.state}")
+    if row.distinct_from_user and row.distinct_from_user == actor:
+        raise Rejected("four eyes: this task must be completed by someone other than "
+                       "whoever completed the earlier task")
+    return row
+
+
 _HISTORY_BUFFER = "camins_history_buffer"
 
 
@@ -156,12 +250,8 @@ def _flush_history(session) -> None:
     """Insert the history rows a step collected, in the order they happened, in one statement."""
     rows = session.info.get(_HISTORY_BUFFER)
     if rows:
-        session.execute(insert(HistoryEvent), list(rows))
+        session.connection().execute(insert(HistoryEvent.__table__), list(rows))
         rows.clear()
-
-
-def _waits_for_events(workflow: BpmnWorkflow) -> bool:
-    return any(_waits_for_timer(t) or _message_definitions(t) for t in workflow.get_tasks(state=TaskState.WAITING))
 
 
 def _timer_due(task) -> datetime | None:
@@ -275,20 +365,10 @@ class Engine:
     def complete_task(self, task_id: str, data: dict, actor: str | None, claim: bool = False) -> StepResult:
         """Complete a user task in one step. With `claim`, an unassigned task is claimed for `actor` in
         that same step, so nobody ever sees it claimed by someone whose completion then loses a race."""
-        with self.db.read() as session:
-            task = session.get(HumanTask, task_id)
-            if task is None:
-                raise NotFound("task not found")
-            if task.state != _OPEN:
-                raise Conflict(f"the task is already {task.state}")
-            if task.distinct_from_user and task.distinct_from_user == actor:
-                raise Rejected("four eyes: this task must be completed by someone other than "
-                               "whoever completed the earlier task")
-            instance_id = task.instance_id
         action = {"kind": "complete", "task_id": task_id, "data": data}
         if claim:
             action["claim"] = True
-        return self._step(instance_id, action, actor)
+        return self._step(None, action, actor)
 
     def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
                         outbox_id: int | None = None, source_instance_id: int | None = None) -> list[int]:
@@ -503,22 +583,26 @@ class Engine:
                           business_key=task.business_key)
 
     # --------------------------------------------------------------- the step
-    def _step(self, instance_id: int, action: dict, actor: str | None) -> StepResult:
+    def _step(self, instance_id: int | None, action: dict, actor: str | None) -> StepResult:
+        """Run `action` on an instance in one transaction (on a task's instance when `instance_id` is None)."""
         try:
             for attempt in range(1, _STEP_ATTEMPTS + 1):
                 try:
                     with self.db.write() as session:
-                        # Lock the instance row before anything else of the step: every step then takes
+                        task_row = None
+                        if action["kind"] == "complete":
+                            task_row = _task_to_complete(session, action["task_id"], actor)
+                            instance_id = task_row.instance_id
+                        # Lock the instance row before anything else is locked: every step then takes
                         # its locks in the same order (instance, then its tasks and timers). Without it a
                         # completion (claims its task row first) and a timer firing (updates the instance
                         # first, then cancels that task row) deadlock on PostgreSQL.
-                        instance = session.get(Instance, instance_id, populate_existing=True,
-                                               with_for_update=True)
+                        instance = session.connection().execute(_LOCK_INSTANCE, {"instance_id": instance_id}).first()
                         if instance is None:
                             raise NotFound("instance not found")
                         if instance.status in ("completed", "cancelled"):
                             raise Conflict(f"the instance is {instance.status}")
-                        result = self._step_in(session, instance, action, actor)
+                        result = self._step_in(session, instance, action, actor, task_row)
                     break
                 except _StaleVersion:
                     # Another step of this instance committed first (say, the other branch of a
@@ -534,16 +618,17 @@ class Engine:
             self.deliver_outbox(outbox_id)
         return result
 
-    def _step_in(self, session, instance: Instance, action: dict, actor: str | None) -> StepResult:
+    def _step_in(self, session, instance, action: dict, actor: str | None, task_row=None) -> StepResult:
+        """The step on a locked instance (an ORM `Instance` or a row of `_LOCK_INSTANCE`)."""
         # Found by id: loading the definition row on every step would cost a query.
-        cached = self.specs.cached(instance.definition_id) or self.specs.get(instance.definition)
+        cached = self.specs.cached(instance.definition_id) or \
+            self.specs.get(session.get(Definition, instance.definition_id))
         workflow = self.serializer.loads(instance.state, cached.spec, cached.subprocess_specs, self.script_engine)
         owns_history_buffer = _HISTORY_BUFFER not in session.info  # a cancelled descendant's step shares it
         if owns_history_buffer:
             session.info[_HISTORY_BUFFER] = []
-        reached_before = {t.id for t in workflow.get_tasks(state=_REACHED)}
-        waited_before = _waits_for_events(workflow)
-        ctx = StepContext(session, instance, actor, cached)
+        before = TaskSnapshot.of(workflow)
+        ctx = StepContext(session, instance, actor, cached, task_row=task_row)
         token = _current_step.set(ctx)
         try:
             if instance.status == "created" and action["kind"] not in ("advance", "cancel"):
@@ -558,30 +643,28 @@ class Engine:
         now = clock.now()
         # Take the thrown messages out before serializing, or the saved state would throw them again.
         thrown = workflow.get_events()
+        after = TaskSnapshot.of(workflow)
         status = "cancelled" if action["kind"] == "cancel" else \
             "completed" if workflow.is_completed() else "running"
-        active = sorted({t.task_spec.bpmn_id for t in workflow.get_tasks(
-            state=TaskState.READY | TaskState.WAITING | TaskState.STARTED) if getattr(t.task_spec, "bpmn_id", None)})
-        completed = sorted(set(instance.completed_elements or []) | set(ctx.completed_elements))
-        taken = sorted(set(instance.taken_flows or [])
-                       | _crossed_flows(workflow, cached.flows, self.script_engine, reached_before))
+        new_tasks = [t for task_id, t in after.reached.items() if task_id not in before.reached]
         new_version = instance.version + 1
-        result = session.execute(
-            update(Instance)
-            .where(Instance.id == instance.id, Instance.version == instance.version)
-            .values(state=self.serializer.dumps(workflow), version=new_version, status=status, updated_at=now,
-                    ended_at=now if status in ("completed", "cancelled") else None, active_elements=active,
-                    completed_elements=completed, taken_flows=taken, serializer_version=STATE_FORMAT)
-            .execution_options(synchronize_session=False)
-        )
+        result = session.connection().execute(_SAVE_INSTANCE, {
+            "instance_id": instance.id, "expected_version": instance.version,
+            "new_state": self.serializer.dumps(workflow), "new_version": new_version, "new_status": status,
+            "now": now, "ended_at": now if status in ("completed", "cancelled") else None,
+            "active": sorted(after.active_elements),
+            "completed": sorted(set(instance.completed_elements or []) | set(ctx.completed_elements)),
+            "taken": sorted(set(instance.taken_flows or [])
+                            | _crossed_flows(new_tasks, cached.flows, self.script_engine)),
+            "serializer_version": STATE_FORMAT})
         if result.rowcount != 1:
             raise _StaleVersion("the instance was changed by someone else at the same time; reload and retry")
 
         # History in the order things happened: the completion, what the engine did, what it opened.
-        self._close_human_tasks(session, instance, workflow, ctx, now)
+        self._close_human_tasks(session, instance, before, after, ctx, now)
         for entry in ctx.history:
             self._history(session, instance, entry.pop("actor", actor), **entry)
-        self._project(session, instance, workflow, ctx, now, thrown, waited_before)
+        self._project(session, instance, before, after, ctx, now, thrown)
         elements = ctx.cached.elements
         self.hooks.on_elements(session, instance, [elements[e] for e in ctx.entered if e in elements],
                                [elements[e] for e in ctx.completed_elements if e in elements], now)
@@ -636,7 +719,7 @@ class Engine:
             if task is None or task.state != TaskState.READY or not task.task_spec.manual:
                 raise Conflict("the task is no longer open")
             if action.get("claim"):
-                self._claim_in_step(ctx, action["task_id"])
+                self._check_claim(ctx, action["task_id"])
             task.data.update(action.get("data") or {})
             try:
                 task.run()
@@ -648,7 +731,7 @@ class Engine:
             return
         if kind == "message":
             name = action["name"]
-            waiting = [(t, d) for t in workflow.get_tasks(state=TaskState.WAITING)
+            waiting = [(t, d) for t in TaskSnapshot.of(workflow).waiting
                        for d in _message_definitions(t) if d.name == name]
             if not waiting:
                 raise Conflict(f"the instance no longer waits for message '{name}'")
@@ -679,19 +762,20 @@ class Engine:
             return
         raise ValueError(f"unknown action {kind}")
 
-    def _claim_in_step(self, ctx: StepContext, task_id: str) -> None:
-        """Claim the task for the step's actor unless it is theirs already; someone else's is a Conflict."""
-        row = ctx.session.get(HumanTask, task_id)
+    def _check_claim(self, ctx: StepContext, task_id: str) -> None:
+        """A completion that claims: the task must be unassigned or the actor's already.
+
+        The claim itself is written by the completion's UPDATE (`_close_human_tasks`), whose condition
+        repeats this check, so a colleague's claim in between turns this step into a Conflict.
+        """
+        row = ctx.task_row
         if row is None or row.state != _OPEN:
             raise Conflict("the task is no longer open")
         if row.assignee == ctx.actor:
             return
-        taken = ctx.session.execute(update(HumanTask)
-                                    .where(HumanTask.id == task_id, HumanTask.state == _OPEN,
-                                           HumanTask.assignee.is_(None))
-                                    .values(assignee=ctx.actor, claimed_at=clock.now()))
-        if taken.rowcount != 1:
+        if row.assignee is not None:
             raise Conflict("someone else took the task meanwhile")
+        ctx.claims.add(task_id)
         ctx.history.append({"event": "task_claimed", "element_id": row.element_id,
                             "detail": {"task_id": task_id, "assignee": ctx.actor}})
 
@@ -717,15 +801,14 @@ class Engine:
         return json.dumps(result)
 
     # ------------------------------------------------------------ projections
-    def _project(self, session, instance: Instance, workflow: BpmnWorkflow, ctx: StepContext, now,
-                 thrown: list, waited_before: bool = True) -> None:
-        self._open_human_tasks(session, instance, workflow, ctx, now)
-        waiting = workflow.get_tasks(state=TaskState.WAITING)
-        if waited_before or any(_waits_for_timer(t) or _message_definitions(t) for t in waiting):
+    def _project(self, session, instance, before: TaskSnapshot, after: TaskSnapshot, ctx: StepContext, now,
+                 thrown: list) -> None:
+        self._open_human_tasks(session, instance, before, after, ctx, now)
+        if before.waits_for_events() or after.waits_for_events():
             # Rows exist only for tasks waiting on a timer or a message: with none before or after
             # this step there is nothing to add or remove.
-            ctx.entered += self._project_timers(session, instance, waiting)
-            ctx.entered += self._project_subscriptions(session, instance, waiting)
+            ctx.entered += self._project_timers(session, instance, after.waiting)
+            ctx.entered += self._project_subscriptions(session, instance, after.waiting)
         for event in thrown:
             if isinstance(event.event_definition, MessageEventDefinition):
                 payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
@@ -739,34 +822,43 @@ class Engine:
                               detail={"name": event.event_definition.name, "outbox_id": outbox.id})
                 self.hooks.on_message_thrown(session, instance, event.event_definition.name, payload)
 
-    def _close_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
-        """Open task rows whose task is no longer ready: completed in this step, or cancelled."""
-        ready = {str(t.id) for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-        for row in session.scalars(select(HumanTask).where(HumanTask.instance_id == instance.id,
-                                                           HumanTask.state == _OPEN)):
-            if row.id in ready:
-                continue
-            if row.id in ctx.completed_human:
-                row.state, row.completed_at, row.completed_by = "completed", now, ctx.actor
-                self._history(session, instance, ctx.actor, "task_completed", element_id=row.element_id,
-                              detail={"task_id": row.id, "role": row.role,
-                                      "fields": ctx.submitted_fields.get(row.id, [])})
-                self.hooks.on_task_completed(session, row, ctx.actor)
-            else:
-                row.state, row.completed_at = "cancelled", now
-                self._history(session, instance, ctx.actor, "task_cancelled", element_id=row.element_id,
-                              detail={"task_id": row.id})
-        session.flush()
+    def _close_human_tasks(self, session, instance, before: TaskSnapshot, after: TaskSnapshot,
+                           ctx: StepContext, now) -> None:
+        """Close the rows of user tasks ready before this step and not after: completed here, or cancelled.
 
-    def _open_human_tasks(self, session, instance, workflow, ctx: StepContext, now) -> None:
-        """A row, routed to a role queue or a person, for every newly ready user task."""
-        ready = workflow.get_tasks(state=TaskState.READY, manual=True)
-        # Looked up by id, so the cost does not grow with the tasks the instance completed before.
-        known = set(session.scalars(select(HumanTask.id).where(HumanTask.id.in_([str(t.id) for t in ready])))) \
-            if ready else set()
-        for task in ready:
-            task_id = str(task.id)
-            if task_id in known:
+        Every ready user task has its open row, written in the step that made it ready, so the two
+        snapshots tell which rows to close without reading them.
+        """
+        closed = [task_id for task_id in before.ready_manual if task_id not in after.ready_manual]
+        if not closed:
+            return
+        connection = session.connection()
+        cancelled = [task_id for task_id in closed if task_id not in ctx.completed_human]
+        for task_id in ctx.completed_human:
+            statement = _TASK_CLAIMED_AND_COMPLETED if task_id in ctx.claims else _TASK_COMPLETED
+            row = connection.execute(statement, {"task_id": task_id, "now": now, "actor": ctx.actor}).first()
+            if row is None:
+                raise Conflict("someone else took or completed the task meanwhile")
+            self._history(session, instance, ctx.actor, "task_completed", element_id=row.element_id,
+                          detail={"task_id": row.id, "role": row.role,
+                                  "fields": ctx.submitted_fields.get(row.id, [])})
+            self.hooks.on_task_completed(session, row, ctx.actor)
+        if cancelled:
+            rows = connection.execute(update(_TASKS).where(_TASKS.c.id.in_(cancelled), _TASKS.c.state == _OPEN)
+                                      .values(state="cancelled", completed_at=now)
+                                      .returning(_TASKS.c.id, _TASKS.c.element_id)).all()
+            element_of = {row.id: row.element_id for row in rows}
+            for task_id in cancelled:
+                if task_id in element_of:
+                    self._history(session, instance, ctx.actor, "task_cancelled", element_id=element_of[task_id],
+                                  detail={"task_id": task_id})
+
+    def _open_human_tasks(self, session, instance, before: TaskSnapshot, after: TaskSnapshot,
+                          ctx: StepContext, now) -> None:
+        """A row, routed to a role queue or a person, for every user task that became ready in this step."""
+        rows = []
+        for task_id, task in after.ready_manual.items():
+            if task_id in before.ready_manual:
                 continue
             element = ctx.cached.elements.get(task.task_spec.bpmn_id)
             properties = dict(element.properties) if element else {}
@@ -775,28 +867,30 @@ class Engine:
             due_at = add_duration(now, properties["due_in"]) if properties.get("due_in") else None
             distinct_from_user = None
             if properties.get("distinct_from"):
-                distinct_from_user = session.scalar(
-                    select(HumanTask.completed_by)
-                    .where(HumanTask.instance_id == instance.id,
-                           HumanTask.element_id == properties["distinct_from"],
-                           HumanTask.state == "completed")
-                    .order_by(HumanTask.completed_at.desc()).limit(1))
+                distinct_from_user = session.connection().scalar(
+                    select(_TASKS.c.completed_by)
+                    .where(_TASKS.c.instance_id == instance.id,
+                           _TASKS.c.element_id == properties["distinct_from"],
+                           _TASKS.c.state == "completed")
+                    .order_by(_TASKS.c.completed_at.desc()).limit(1))
             if routing.assignee and routing.assignee == distinct_from_user:
                 routing.assignee = None
-            row = HumanTask(
+            element_id = task.task_spec.bpmn_id
+            rows.append(dict(
                 id=task_id, instance_id=instance.id, process_key=instance.process_key,
-                business_key=instance.business_key, element_id=task.task_spec.bpmn_id,
-                name=task.task_spec.bpmn_name or task.task_spec.bpmn_id, lane=task.task_spec.lane,
+                business_key=instance.business_key, element_id=element_id,
+                name=task.task_spec.bpmn_name or element_id, lane=task.task_spec.lane,
                 role=routing.role, org_unit=routing.org_unit, assignee=routing.assignee, state=_OPEN,
                 form=properties.get("form"), distinct_from_user=distinct_from_user, due_at=due_at,
-                created_at=now, claimed_at=now if routing.assignee else None, properties=properties,
-            )
-            session.add(row)
-            ctx.entered.append(row.element_id)
-            self._history(session, instance, ctx.actor, "task_ready", element_id=row.element_id,
+                created_at=now, claimed_at=now if routing.assignee else None, completed_at=None,
+                completed_by=None, properties=properties,
+            ))
+            ctx.entered.append(element_id)
+            self._history(session, instance, ctx.actor, "task_ready", element_id=element_id,
                           detail={"task_id": task_id, "role": routing.role, "org_unit": routing.org_unit,
                                   "assignee": routing.assignee})
-        session.flush()
+        if rows:
+            session.connection().execute(insert(_TASKS), rows)
 
     def _project_timers(self, session, instance, waiting) -> list[str]:
         wanted = {}

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import lazyload
 
 from engine import clock
@@ -39,13 +40,13 @@ class DomainHooks(EngineHooks):
         return problems
 
     def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
-        case = _case(session, business_key)
+        case = _case_facts(session, business_key)
         if case is None or role is None:
             return Routing(role=role, org_unit=None)
         unit = scope_unit(role, case)
         return Routing(role=role, org_unit=unit, assignee=self._referent(session, case, role, unit))
 
-    def _referent(self, session, case: Case, role: str, unit: str | None) -> str | None:
+    def _referent(self, session, case, role: str, unit: str | None) -> str | None:
         """Continuity of the professional: the referent gets the task if they still hold the role there."""
         referent = _referents(session, case).get(role)
         if referent is None:
@@ -72,18 +73,20 @@ class DomainHooks(EngineHooks):
         role = human_task.role
         if not actor or role not in ROLES or role in _NO_CONTINUITY:
             return
-        case = _case(session, human_task.business_key)
+        case = _case_facts(session, human_task.business_key)
         if case is None:
             return
         referents = _referents(session, case)
-        if role not in referents:
-            try:
-                with session.begin_nested():
-                    session.add(CaseReferent(case_id=case.id, role=role, username=actor, since=clock.now()))
-                referents[role] = actor
-            except IntegrityError:
-                # A step on another pathway of the case committed a referent for this role first.
-                session.info.get("camins_referents", {}).pop(case.id, None)
+        if role in referents:
+            return
+        # A step on another pathway of the case may have committed a referent for this role first:
+        # theirs stands, and this one is not written.
+        added = session.execute(_insert_ignoring_duplicates(session, CaseReferent).values(
+            case_id=case.id, role=role, username=actor, since=clock.now()))
+        if added.rowcount == 1:
+            referents[role] = actor
+        else:
+            session.info.get("camins_referents", {}).pop(case.id, None)
 
     def on_message_received(self, session, instance, name: str, payload: dict) -> None:
         # A hand-off sent from outside (POST /api/messages) moves the case as one thrown by a pathway.
@@ -106,7 +109,7 @@ class DomainHooks(EngineHooks):
         return set(OWNED_PROCESSES)
 
     def start_data(self, session, business_key: str) -> dict:
-        case = _case(session, business_key)
+        case = _case_facts(session, business_key)
         if case is None or case.child_birth_date is None:
             return {}
         # Timers that depend on age (reviews, 16th and 18th birthdays) read it from here.
@@ -121,7 +124,7 @@ class DomainHooks(EngineHooks):
 
         if not any(ids(e, k) for e in [*entered, *completed] for k in clocks.CLOCK_PROPERTIES):
             return
-        case = _case(session, instance.business_key)
+        case = _case_facts(session, instance.business_key)
         if case is None:
             return
         entered_now = {e.element_id for e in entered}
@@ -156,7 +159,7 @@ class DomainHooks(EngineHooks):
                 case.legal_status = statuses[-1]
 
     @staticmethod
-    def _start_clock(session, case: Case, instance, element_id: str, clock_id: str, now) -> None:
+    def _start_clock(session, case, instance, element_id: str, clock_id: str, now) -> None:
         clock = clocks.CATALOGUE.get(clock_id)
         running = session.scalar(select(ClockRun.id).where(ClockRun.case_reference == case.reference,
                                                            ClockRun.clock_id == clock_id,
@@ -170,13 +173,32 @@ class DomainHooks(EngineHooks):
         session.flush()
 
 
-def _referents(session, case: Case) -> dict[str, str]:
+def _insert_ignoring_duplicates(session, model):
+    """INSERT … ON CONFLICT DO NOTHING: a savepoint around a plain INSERT costs two more statements."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert(model).on_conflict_do_nothing()
+
+
+def _referents(session, case) -> dict[str, str]:
     """Role → the case's referent professional, read once per transaction."""
     cache = session.info.setdefault("camins_referents", {})
     if case.id not in cache:
         cache[case.id] = dict(session.execute(select(CaseReferent.role, CaseReferent.username)
                                               .where(CaseReferent.case_id == case.id)).all())
     return cache[case.id]
+
+
+# What the hooks read of a case; none of them needs the child's name or the family.
+_CASE_FACTS = select(Case.id, Case.reference, Case.municipality, Case.comarca, Case.section, Case.child_birth_date)
+
+
+def _case_facts(session, reference: str):
+    """The case of a step as a row of `_CASE_FACTS`, read once per transaction."""
+    facts = session.info.setdefault("camins_case_facts", {})
+    if reference not in facts:
+        facts[reference] = session.execute(_CASE_FACTS.where(Case.reference == reference)).first()
+    return facts[reference]
 
 
 def _case(session, reference: str) -> Case | None:
