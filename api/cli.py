@@ -12,6 +12,8 @@ import click
 from engine import clock
 from engine.bundle import BundleFile, bundles_from_directory
 from engine.errors import DeployError, EngineError
+from engine.lint import Finding
+from engine.lint import errors as lint_errors
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.roles import ROLES
 
@@ -38,6 +40,15 @@ def _print_deploy_error(err: DeployError) -> None:
     click.echo(click.style("rejected:", fg="red"), err=True)
     for problem in err.problems:
         click.echo(f"  {problem}", err=True)
+    _print_lint(err.lint)
+
+
+def _print_lint(findings: list[Finding]) -> None:
+    """One line per finding: file:line [element] severity rule: message."""
+    if findings:
+        click.echo(click.style("modelling rules:", fg="yellow"), err=True)
+    for finding in findings:
+        click.echo(f"  {finding}", err=True)
 
 
 @click.group(help="camins: BPMN pathways for child protection in Mallorca. "
@@ -68,7 +79,8 @@ def db_upgrade() -> None:
     click.echo(f"database at head: {_safe_url(camins.db.url)}")
 
 
-@main.command(help="Check diagrams (a directory or a .bpmn file) without deploying them.")
+@main.command(help="Check diagrams (a directory or a .bpmn file) without deploying them: the deploy checks and "
+                   "the modelling rules (exit status 1 if either finds an error).")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def validate(path: Path) -> None:
     from engine.bundle import compile_bundle
@@ -79,22 +91,33 @@ def validate(path: Path) -> None:
     for files in _bundles(path):
         try:
             compiled = compile_bundle(files, hooks.resolve_lane, hooks.check_form, hooks.property_problems)
-            click.echo(f"ok  {compiled.process_key}  ({', '.join(f.name for f in compiled.files)})")
         except DeployError as err:
             failed = True
             click.echo(f"bad {files[0].name}", err=True)
             _print_deploy_error(err)
+            continue
+        if lint_errors(compiled.lint):
+            failed = True
+            click.echo(f"bad {files[0].name}: deployable, but it breaks modelling rules", err=True)
+        else:
+            click.echo(f"ok  {compiled.process_key}  ({', '.join(f.name for f in compiled.files)})")
+        _print_lint(compiled.lint)
     sys.exit(1 if failed else 0)
 
 
-@main.command(help="Deploy diagrams (a directory or a .bpmn file). Unchanged content keeps its version.")
+@main.command(help="Deploy diagrams (a directory or a .bpmn file). Unchanged content keeps its version. "
+                   "Modelling-rule findings are printed; --strict refuses to deploy if any is an error.")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def deploy(path: Path) -> None:
+@click.option("--strict", is_flag=True, help="Deploy nothing if a modelling rule finds an error.")
+def deploy(path: Path, strict: bool) -> None:
     camins = _camins()
     bundles = _bundles(path)
     try:
-        for files in bundles:
-            camins.engine.validate(files)
+        findings = [f for files in bundles for f in camins.engine.validate(files).lint]
+        _print_lint(findings)
+        if strict and lint_errors(findings):
+            click.echo(click.style("not deployed: --strict and the modelling rules found errors", fg="red"), err=True)
+            sys.exit(1)
         for files in bundles:
             definition, created = camins.engine.deploy(files, "cli")
             state = "deployed" if created else "unchanged"

@@ -58,7 +58,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(DeployError)
     def _deploy(err: DeployError):
-        return problem(422, "Invalid bundle", str(err), problems=[p.as_dict() for p in err.problems])
+        return problem(422, "Invalid bundle", str(err), problems=[p.as_dict() for p in err.problems],
+                       lint=[f.as_dict() for f in err.lint])
 
     @app.errorhandler(NotFound)
     def _not_found(err):

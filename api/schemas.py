@@ -221,15 +221,30 @@ class DefinitionPage(PageMeta):
     items = fields.List(fields.Nested(DefinitionView), required=True)
 
 
-class DeployResponse(Schema):
+class LintFinding(Schema):
+    """A broken modelling rule (engine/lint.py), on the element a modeler would mark."""
+    file = fields.String(required=True)
+    element_id = fields.String(allow_none=True, metadata={"description": "the element or sequence flow"})
+    line = fields.Integer(allow_none=True)
+    rule = fields.String(required=True, metadata={"description": "e.g. no-implicit-split, label-required"})
+    severity = fields.String(required=True, validate=validate.OneOf(["error", "warning"]))
+    message = fields.String(required=True)
+
+
+class _LintReport(Schema):
+    lint = fields.List(fields.Nested(LintFinding), metadata={"description": "modelling-rule findings"})
+    lint_clean = fields.Boolean(metadata={"description": "no finding of severity error"})
+
+
+class DeployResponse(_LintReport):
     id = fields.Integer()
     process_key = fields.String()
     version = fields.Integer()
     created = fields.Boolean()
 
 
-class ValidateResponse(Schema):
-    valid = fields.Boolean()
+class ValidateResponse(_LintReport):
+    valid = fields.Boolean(metadata={"description": "passes every deploy check (lint findings do not count)"})
     process_key = fields.String()
     name = fields.String()
     content_hash = fields.String()
@@ -300,6 +315,8 @@ class Problem(Schema):
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
                          metadata={"description": "invalid input: messages per field ('child.birth_date')"})
     problems = fields.List(fields.Nested(DeployProblem), metadata={"description": "a bundle's failed deploy checks"})
+    lint = fields.List(fields.Nested(LintFinding),
+                       metadata={"description": "a refused bundle's modelling-rule findings, where it could be read"})
     incident_id = fields.Integer(metadata={"description": "the incident a failed step opened"})
     instance_id = fields.Integer()
     element_id = fields.String()

@@ -21,6 +21,7 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 
 from .durations import is_duration
 from .errors import DeployError, Problem
+from .lint import Finding, lint
 from .sandbox import ScriptRejected, check_expression, check_script
 from .xmlsafe import UnsafeXml, parse_xml
 
@@ -109,6 +110,8 @@ class CompiledBundle:
     files: list[BundleFile]
     content_hash: str
     message_starts: list[str] = field(default_factory=list)
+    # Modelling-rule findings (engine/lint.py): reported, never a reason to refuse the bundle here.
+    lint: list[Finding] = field(default_factory=list)
 
 
 def normalise_name(name: str) -> str:
@@ -460,8 +463,9 @@ def compile_bundle(
     bpmn_names = [n for n in trees if n.endswith(".bpmn")]
     if not bpmn_names and not checker.problems:
         checker.problem("(bundle)", "the bundle has no .bpmn file")
+    findings = _lint_trees({n: trees[n] for n in bpmn_names})
     if checker.problems:
-        raise DeployError(checker.problems)
+        raise DeployError(checker.problems, findings)
 
     parser = SpiffBpmnParser(validator=VALIDATOR)
     decisions: dict[str, str] = {}
@@ -519,7 +523,7 @@ def compile_bundle(
             message += "; mark the process to run with isExecutable=\"true\""
         checker.problem(bpmn_names[0], message, non_executable[0] if len(non_executable) == 1 else None)
     if checker.problems:
-        raise DeployError(checker.problems)
+        raise DeployError(checker.problems, findings)
 
     process_key, process_name, bpmn_file = executable[0]
     try:
@@ -527,11 +531,11 @@ def compile_bundle(
         subprocess_specs = parser.get_subprocess_specs(process_key)
     except ValidationException as err:
         raise DeployError([Problem(err.file_name or bpmn_file, _first_line(err), err.id or None,
-                                   _int(err.line_number))]) from None
+                                   _int(err.line_number))], findings) from None
     except SpiffWorkflowException as err:
-        raise DeployError([Problem(bpmn_file, _first_line(err))]) from None
+        raise DeployError([Problem(bpmn_file, _first_line(err))], findings) from None
     except Exception as err:  # Spiff raises plain errors on some malformed structures
-        raise DeployError([Problem(bpmn_file, f"cannot build the process: {_first_line(err)}")]) from None
+        raise DeployError([Problem(bpmn_file, f"cannot build the process: {_first_line(err)}")], findings) from None
 
     return CompiledBundle(
         process_key=process_key,
@@ -541,7 +545,31 @@ def compile_bundle(
         files=sorted(by_name.values(), key=lambda f: f.name),
         content_hash=content_hash(by_name.values()),
         message_starts=_message_starts(trees[bpmn_file], process_key),
+        lint=findings,
     )
+
+
+def _lint_trees(trees: dict[str, etree._ElementTree]) -> list[Finding]:
+    """The modelling rules on every BPMN document (a file that is not one has its own problem)."""
+    findings: list[Finding] = []
+    for name, tree in trees.items():
+        root = tree.getroot()
+        if etree.QName(root).namespace == BPMN_NS and etree.QName(root).localname == "definitions":
+            findings.extend(lint(tree, name))
+    return findings
+
+
+def lint_bundle(files: list[BundleFile]) -> list[Finding]:
+    """The modelling rules alone, on the readable BPMN files of a bundle (no other check)."""
+    trees = {}
+    for f in files:
+        name = normalise_name(f.name)
+        if name.lower().endswith(".bpmn"):
+            try:
+                trees[name] = parse_xml(f.content)
+            except UnsafeXml:
+                continue
+    return _lint_trees(trees)
 
 
 def _message_starts(tree, process_key: str) -> list[str]:

@@ -40,8 +40,12 @@ class Problem:
 
 
 class DeployError(EngineError):
-    def __init__(self, problems: list[Problem]):
+    """A bundle that fails the deploy checks. `lint` holds the modelling-rule findings
+    (engine.lint.Finding) of the diagrams that could be read, so that a modeler sees them too."""
+
+    def __init__(self, problems: list[Problem], lint: list | None = None):
         self.problems = problems
+        self.lint = lint or []
         super().__init__("; ".join(str(p) for p in problems[:5]))
 
 

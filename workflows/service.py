@@ -13,7 +13,7 @@ from sqlalchemy import ARRAY, String, and_, bindparam, false, func, insert, lite
 from sqlalchemy.exc import IntegrityError
 
 from engine import clock
-from engine.bundle import BundleFile, bundles_from_directory
+from engine.bundle import BundleFile, bundles_from_directory, lint_bundle
 from engine.db import Database, UTCDateTime
 from engine.errors import (
     AuthenticationFailed,
@@ -25,6 +25,7 @@ from engine.errors import (
     NotFound,
     TooManyAttempts,
 )
+from engine.lint import errors as lint_errors
 from engine.migrate import upgrade
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
 from engine.runtime import Engine
@@ -135,12 +136,16 @@ class Camins:
             self._require_analyst(principal)
         compiled = self.engine.validate(files)
         return {"process_key": compiled.process_key, "name": compiled.name, "content_hash": compiled.content_hash,
-                "files": [f.name for f in compiled.files]}
+                "files": [f.name for f in compiled.files], **_lint_report(compiled.lint)}
 
-    def deploy_bundle(self, principal: Principal | None, files: list[BundleFile]) -> tuple[Definition, bool]:
+    def deploy_bundle(self, principal: Principal | None, files: list[BundleFile]) -> dict:
+        """Deploy, and list the bundle's modelling-rule findings. They do not stop the deploy: the rules
+        judge how a diagram reads, not whether it runs, and `camins validate` is where they gate."""
         if principal is not None:
             self._require_analyst(principal)
-        return self.engine.deploy(files, principal.username if principal else "cli")
+        definition, created = self.engine.deploy(files, principal.username if principal else "cli")
+        return {"id": definition.id, "process_key": definition.process_key, "version": definition.version,
+                "created": created, **_lint_report(lint_bundle(files))}
 
     def deploy_directory(self, path: Path = BUNDLED_DIAGRAMS, actor: str = "cli") -> list[tuple[Definition, bool]]:
         bundles = bundles_from_directory(path)
@@ -684,3 +689,8 @@ def _plain_data(data) -> dict:
     if bad:
         raise Invalid({str(k): ["field names must be identifiers not starting with '_'"] for k in bad})
     return data
+
+
+def _lint_report(findings: list) -> dict:
+    """Modelling-rule findings as the API shows them; clean means no finding of severity error."""
+    return {"lint": [f.as_dict() for f in findings], "lint_clean": not lint_errors(findings)}

@@ -245,10 +245,10 @@ class DefinitionsView(MethodView):
     @_answers(definitions_blp, 401, 403, 409, 413, 422)
     @authenticated
     def post(self):
-        """Deploy a bundle (analysts). Identical content keeps its version; a change makes the next one."""
-        definition, created = camins().deploy_bundle(g.principal, _uploaded_bundle())
-        return {"id": definition.id, "process_key": definition.process_key, "version": definition.version,
-                "created": created}
+        """Deploy a bundle (analysts). Identical content keeps its version; a change makes the next one.
+
+        Modelling-rule findings (`lint`) are listed but do not stop a deploy: validate first to gate on them."""
+        return camins().deploy_bundle(g.principal, _uploaded_bundle())
 
 
 @definitions_blp.route("/validate")
@@ -258,7 +258,9 @@ class ValidateView(MethodView):
     @_answers(definitions_blp, 401, 403, 413, 422)
     @authenticated
     def post(self):
-        """Run every deploy check on a bundle without deploying it (analysts)."""
+        """Run every deploy check and the modelling rules on a bundle without deploying it (analysts).
+
+        `valid` says whether it would deploy; `lint_clean` whether it also breaks no modelling rule."""
         result = camins().validate_bundle(g.principal, _uploaded_bundle())
         return {"valid": True, **result}
 
