@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -87,6 +88,9 @@ class _StaleVersion(Conflict):
 _STEP_ATTEMPTS = 5
 
 _current_step: ContextVar[StepContext] = ContextVar("_current_step")
+
+# A caller's checks on a completion, run inside its step: (session, task row) → the data to complete with.
+CompletionCheck = Callable[[object, object], dict]
 
 
 def _failure_message(err: Exception) -> str:
@@ -211,8 +215,13 @@ _SAVE_INSTANCE = (
             completed_elements=bindparam("completed"), taken_flows=bindparam("taken"),
             serializer_version=bindparam("serializer_version"))
 )
-_TASK_TO_COMPLETE = select(_TASKS.c.id, _TASKS.c.instance_id, _TASKS.c.element_id, _TASKS.c.state,
-                           _TASKS.c.assignee, _TASKS.c.distinct_from_user).where(_TASKS.c.id == bindparam("task_id"))
+_TASK_TO_COMPLETE = (
+    select(_TASKS.c.id, _TASKS.c.instance_id, _TASKS.c.process_key, _TASKS.c.business_key, _TASKS.c.element_id,
+           _TASKS.c.state, _TASKS.c.role, _TASKS.c.org_unit, _TASKS.c.assignee, _TASKS.c.form,
+           _TASKS.c.distinct_from_user, _INSTANCES.c.definition_id)
+    .select_from(_TASKS.join(_INSTANCES, _INSTANCES.c.id == _TASKS.c.instance_id))
+    .where(_TASKS.c.id == bindparam("task_id"))
+)
 _TASK_COMPLETED = (
     update(_TASKS)
     .where(_TASKS.c.id == bindparam("task_id"), _TASKS.c.state == _OPEN)
@@ -230,11 +239,17 @@ _TASK_CLAIMED_AND_COMPLETED = (
 )
 
 
-def _task_to_complete(session, task_id: str, actor: str | None):
-    """The human task a completion is for, checked before its instance is loaded."""
-    row = session.connection().execute(_TASK_TO_COMPLETE, {"task_id": task_id}).first()
+def _task_to_complete(session, action: dict, actor: str | None, check: CompletionCheck | None):
+    """The human task a completion is for, checked before its instance is loaded.
+
+    `check`, the caller's own checks (who may complete it, is the data valid), runs first, in this
+    transaction: whoever may not see the task must not learn whether it is still open.
+    """
+    row = session.connection().execute(_TASK_TO_COMPLETE, {"task_id": action["task_id"]}).first()
     if row is None:
         raise NotFound("task not found")
+    if check is not None:
+        action["data"] = check(session, row)
     if row.state != _OPEN:
         raise Conflict(f"the task is already {row.state}")
     if row.distinct_from_user and row.distinct_from_user == actor:
@@ -362,13 +377,24 @@ class Engine:
     def advance(self, instance_id: int, actor: str | None = None) -> StepResult:
         return self._step(instance_id, {"kind": "advance"}, actor)
 
-    def complete_task(self, task_id: str, data: dict, actor: str | None, claim: bool = False) -> StepResult:
+    def complete_task(self, task_id: str, data: dict, actor: str | None, claim: bool = False,
+                      check: CompletionCheck | None = None) -> StepResult:
         """Complete a user task in one step. With `claim`, an unassigned task is claimed for `actor` in
-        that same step, so nobody ever sees it claimed by someone whose completion then loses a race."""
+        that same step, so nobody ever sees it claimed by someone whose completion then loses a race.
+
+        `check(session, task)` runs inside the step's transaction before anything is locked: it raises
+        to refuse the completion and returns the data to complete the task with (the caller's
+        authorization and form validation, atomic with the completion and without a transaction of
+        their own). `task` has the task row's columns and its instance's `definition_id`.
+        """
         action = {"kind": "complete", "task_id": task_id, "data": data}
         if claim:
             action["claim"] = True
-        return self._step(None, action, actor)
+        return self._step(None, action, actor, check)
+
+    def spec_of(self, session, definition_id: int) -> CachedSpec:
+        """The parsed definition, from the cache when it is there (found by id: no query)."""
+        return self.specs.cached(definition_id) or self.specs.get(session.get(Definition, definition_id))
 
     def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
                         outbox_id: int | None = None, source_instance_id: int | None = None) -> list[int]:
@@ -583,7 +609,8 @@ class Engine:
                           business_key=task.business_key)
 
     # --------------------------------------------------------------- the step
-    def _step(self, instance_id: int | None, action: dict, actor: str | None) -> StepResult:
+    def _step(self, instance_id: int | None, action: dict, actor: str | None,
+              check: CompletionCheck | None = None) -> StepResult:
         """Run `action` on an instance in one transaction (on a task's instance when `instance_id` is None)."""
         try:
             for attempt in range(1, _STEP_ATTEMPTS + 1):
@@ -591,7 +618,7 @@ class Engine:
                     with self.db.write() as session:
                         task_row = None
                         if action["kind"] == "complete":
-                            task_row = _task_to_complete(session, action["task_id"], actor)
+                            task_row = _task_to_complete(session, action, actor, check)
                             instance_id = task_row.instance_id
                         # Lock the instance row before anything else is locked: every step then takes
                         # its locks in the same order (instance, then its tasks and timers). Without it a
@@ -621,8 +648,7 @@ class Engine:
     def _step_in(self, session, instance, action: dict, actor: str | None, task_row=None) -> StepResult:
         """The step on a locked instance (an ORM `Instance` or a row of `_LOCK_INSTANCE`)."""
         # Found by id: loading the definition row on every step would cost a query.
-        cached = self.specs.cached(instance.definition_id) or \
-            self.specs.get(session.get(Definition, instance.definition_id))
+        cached = self.spec_of(session, instance.definition_id)
         workflow = self.serializer.loads(instance.state, cached.spec, cached.subprocess_specs, self.script_engine)
         owns_history_buffer = _HISTORY_BUFFER not in session.info  # a cancelled descendant's step shares it
         if owns_history_buffer:

@@ -1,7 +1,7 @@
 """The domain's answers to the engine: lanes → roles, routing, service tasks, hand-offs."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import lazyload
@@ -51,10 +51,8 @@ class DomainHooks(EngineHooks):
         referent = _referents(session, case).get(role)
         if referent is None:
             return None
-        still_there = session.scalar(
-            select(Membership.id).join(User)
-            .where(User.username == referent, User.active.is_(True), Membership.role == role,
-                   Membership.org_unit == unit))
+        still_there = session.connection().scalar(_STILL_HOLDS_ROLE,
+                                                  {"username": referent, "role": role, "unit": unit})
         return referent if still_there else None
 
     def call_service(self, session, instance, operation: str, params: dict):
@@ -181,23 +179,46 @@ def _insert_ignoring_duplicates(session, model):
 
 
 def _referents(session, case) -> dict[str, str]:
-    """Role → the case's referent professional, read once per transaction."""
+    """Role → the case's referent professional, read with the case's facts once per transaction."""
     cache = session.info.setdefault("camins_referents", {})
     if case.id not in cache:
-        cache[case.id] = dict(session.execute(select(CaseReferent.role, CaseReferent.username)
-                                              .where(CaseReferent.case_id == case.id)).all())
+        cache[case.id] = dict(session.connection().execute(_REFERENTS, {"case_id": case.id}).all())
     return cache[case.id]
 
 
-# What the hooks read of a case; none of them needs the child's name or the family.
-_CASE_FACTS = select(Case.id, Case.reference, Case.municipality, Case.comarca, Case.section, Case.child_birth_date)
+# What the hooks read of a case, with its referents in the same query: none of them needs the child's
+# name or the family. Built once; a step reads the case on every completion.
+_CASES = Case.__table__
+_REFERENT_ROWS = CaseReferent.__table__
+_CASE_FACTS = (
+    select(_CASES.c.id, _CASES.c.reference, _CASES.c.municipality, _CASES.c.comarca, _CASES.c.section,
+           _CASES.c.child_birth_date, _REFERENT_ROWS.c.role.label("referent_role"),
+           _REFERENT_ROWS.c.username.label("referent"))
+    .select_from(_CASES.outerjoin(_REFERENT_ROWS, _REFERENT_ROWS.c.case_id == _CASES.c.id))
+    .where(_CASES.c.reference == bindparam("reference"))
+)
+_REFERENTS = select(_REFERENT_ROWS.c.role, _REFERENT_ROWS.c.username).where(
+    _REFERENT_ROWS.c.case_id == bindparam("case_id"))
+_STILL_HOLDS_ROLE = (
+    select(Membership.__table__.c.id)
+    .select_from(Membership.__table__.join(User.__table__))
+    .where(User.__table__.c.username == bindparam("username"), User.__table__.c.active.is_(True),
+           Membership.__table__.c.role == bindparam("role"), Membership.__table__.c.org_unit == bindparam("unit"))
+    .limit(1)
+)
 
 
 def _case_facts(session, reference: str):
-    """The case of a step as a row of `_CASE_FACTS`, read once per transaction."""
+    """The case of a step as a row of `_CASE_FACTS`, read once per transaction (its referents too)."""
     facts = session.info.setdefault("camins_case_facts", {})
     if reference not in facts:
-        facts[reference] = session.execute(_CASE_FACTS.where(Case.reference == reference)).first()
+        if session.new:
+            session.flush()  # a case created in this transaction (a notification) is not written yet
+        rows = session.connection().execute(_CASE_FACTS, {"reference": reference}).all()
+        facts[reference] = rows[0] if rows else None
+        if rows:
+            session.info.setdefault("camins_referents", {})[rows[0].id] = {
+                row.referent_role: row.referent for row in rows if row.referent_role is not None}
     return facts[reference]
 
 

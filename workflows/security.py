@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, delete, select, text
 
 from engine import clock
 from engine.errors import NotFound, Rejected
@@ -214,14 +214,25 @@ def issue_token(session, user: User) -> tuple[str, ApiToken]:
     return token, row
 
 
+# Every request is authenticated: token, user and memberships in one query, built once.
+_TOKEN_GRANTS = (
+    select(ApiToken.__table__.c.revoked, ApiToken.__table__.c.expires_at, User.__table__.c.username,
+           User.__table__.c.active, Membership.__table__.c.role, Membership.__table__.c.org_unit)
+    .select_from(ApiToken.__table__.join(User.__table__, User.__table__.c.id == ApiToken.__table__.c.user_id)
+                 .outerjoin(Membership.__table__, Membership.__table__.c.user_id == User.__table__.c.id))
+    .where(ApiToken.__table__.c.token_hash == bindparam("token_hash"))
+    .order_by(Membership.__table__.c.id)
+)
+
+
 def principal_for_token(session, token: str) -> Principal:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
-    if row is None or row.revoked or row.expires_at <= clock.now():
+    rows = session.connection().execute(_TOKEN_GRANTS, {"token_hash": _digest(token)}).all()
+    if not rows:
         raise NotFound("invalid or expired token")
-    user = session.get(User, row.user_id)
-    if user is None or not user.active:
+    first = rows[0]
+    if first.revoked or first.expires_at <= clock.now() or not first.active:
         raise NotFound("invalid or expired token")
-    return principal_for_user(user)
+    return Principal(first.username, [Grant(r.role, r.org_unit) for r in rows if r.role is not None])
 
 
 def principal_for_user(user: User) -> Principal:
