@@ -106,10 +106,14 @@ def validate(path: Path) -> None:
 
 
 @main.command(help="Deploy diagrams (a directory or a .bpmn file). Unchanged content keeps its version. "
-                   "Modelling-rule findings are printed; --strict refuses to deploy if any is an error.")
+                   "Modelling-rule findings are printed; --strict refuses to deploy if any is an error. "
+                   "The scenarios beside each changed diagram (x.scenarios.yaml) run first: if one fails, "
+                   "nothing is deployed, unless --override-reason says why (it is recorded).")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--strict", is_flag=True, help="Deploy nothing if a modelling rule finds an error.")
-def deploy(path: Path, strict: bool) -> None:
+@click.option("--override-reason", metavar="TEXT",
+              help="Deploy even though scenarios fail, for this reason (recorded with the definition).")
+def deploy(path: Path, strict: bool, override_reason: str | None) -> None:
     camins = _camins()
     bundles = _bundles(path)
     try:
@@ -118,13 +122,105 @@ def deploy(path: Path, strict: bool) -> None:
         if strict and lint_errors(findings):
             click.echo(click.style("not deployed: --strict and the modelling rules found errors", fg="red"), err=True)
             sys.exit(1)
-        for files in bundles:
-            definition, created = camins.engine.deploy(files, "cli")
-            state = "deployed" if created else "unchanged"
-            click.echo(f"{definition.process_key} v{definition.version} {state}")
+        verdicts = _check_scenarios(camins, path, bundles, override_reason)
+        for files, verdict in zip(bundles, verdicts, strict=True):
+            result = camins.deploy_checked(None, files, verdict)
+            state = "deployed" if result["created"] else "unchanged"
+            click.echo(f"{result['process_key']} v{result['version']} {state}{_verdict_note(verdict)}")
     except DeployError as err:
         _print_deploy_error(err)
         sys.exit(1)
+
+
+def _check_scenarios(camins, path: Path, bundles, override_reason: str | None) -> list:
+    """Run the scenarios of every bundle before deploying any: a failure deploys nothing."""
+    from engine.errors import ScenariosFailed
+    from workflows.scenarios import directory_companions, scenario_file_beside
+
+    directory = path if path.is_dir() else path.parent
+    companions = directory_companions(directory)
+    verdicts, failed = [], False
+    for files in bundles:
+        scenario_file = scenario_file_beside(directory / files[0].name)
+        try:
+            verdicts.append(camins.check_scenarios(files, [scenario_file] if scenario_file else [], override_reason,
+                                                   companions))
+        except ScenariosFailed as err:
+            failed = True
+            click.echo(click.style(f"scenarios failed: {err.failed} of {err.passed + err.failed}", fg="red"), err=True)
+            for problem in err.problems:
+                click.echo(f"  {problem.file}: {problem.message}", err=True)
+    if failed:
+        click.echo(click.style("not deployed: scenarios failed; give --override-reason to deploy anyway",
+                               fg="red"), err=True)
+        sys.exit(1)
+    return verdicts
+
+
+def _verdict_note(verdict) -> str:
+    if verdict is None:
+        return ""
+    if verdict.override_reason:
+        return f" ({verdict.failed} of {verdict.passed + verdict.failed} scenarios failed; deployed anyway: " \
+               f"{verdict.override_reason})"
+    return f" ({verdict.passed} scenarios passed)"
+
+
+@main.command("test", help="Run the scenario files beside the diagrams (x.scenarios.yaml beside x.bpmn) of a "
+                           "directory or of one .bpmn file, against the diagrams as drafts: each scenario on a "
+                           "throwaway database, never on CAMINS_DATABASE_URL. Prints a line per scenario (what "
+                           "differed for each that fails) and a summary; exit status 1 if any fails.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def test_scenarios(path: Path) -> None:
+    import time
+
+    from workflows.scenarios import drafts_from_path, orphan_scenario_files, run_draft, scenario_count
+
+    # Incidents a scenario expects are logged as warnings by the engine; the report says what matters.
+    logging.getLogger("engine").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the throwaway databases are migrated once
+    started = time.monotonic()
+    drafts = drafts_from_path(path)
+    orphans = orphan_scenario_files(path) if path.is_dir() else []
+    if not drafts and not orphans:
+        click.echo(f"no scenario file beside the diagrams of {path} (x.scenarios.yaml beside x.bpmn)", err=True)
+        sys.exit(1)
+    progress = _ScenarioProgress(sum(scenario_count(d) for d in drafts))
+    bad_files = [f"{name}: no diagram {name.removesuffix('.scenarios.yaml')}.bpmn beside it" for name in orphans]
+    for draft in drafts:
+        try:
+            reports = run_draft(draft, progress.show)
+        except DeployError as err:
+            click.echo(click.style(f"FAIL  {draft.files[0].name} does not deploy", fg="red"))
+            _print_deploy_error(err)
+            bad_files.append(draft.files[0].name)
+            continue
+        bad_files += [f"{report.file}: {problem}" for report in reports for problem in report.problems]
+    for line in bad_files:
+        click.echo(click.style("FAIL  ", fg="red") + line)
+    summary = f"{progress.done} scenarios: {progress.done - progress.failed} passed, {progress.failed} failed"
+    if bad_files:
+        summary += f"; {len(bad_files)} file(s) could not be run"
+    ok = not progress.failed and not bad_files
+    click.echo(click.style(summary, fg="green" if ok else "red") + f" ({time.monotonic() - started:.1f} s)")
+    sys.exit(0 if ok else 1)
+
+
+class _ScenarioProgress:
+    """One line per scenario as it finishes: [n/total] ok|FAIL file: name, then what differed."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.failed = total, 0, 0
+
+    def show(self, result) -> None:
+        self.done += 1
+        self.failed += not result.ok
+        width = len(str(self.total))
+        status = click.style("ok  ", fg="green") if result.ok else click.style("FAIL", fg="red")
+        click.echo(f"[{self.done:>{width}}/{self.total}] {status}  {result.file}: {result.name} "
+                   f"({result.seconds:.2f} s)")
+        for failure in result.failures:
+            click.echo(f"{' ' * (2 * width + 10)}{failure}")
 
 
 @main.group(help="Users and their memberships.")

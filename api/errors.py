@@ -15,6 +15,7 @@ from engine.errors import (
     Invalid,
     NotFound,
     Rejected,
+    ScenariosFailed,
     TooManyAttempts,
 )
 from engine.xmlsafe import MAX_XML_BYTES
@@ -60,6 +61,14 @@ def register(app: Flask) -> None:
     def _deploy(err: DeployError):
         return problem(422, "Invalid bundle", str(err), problems=[p.as_dict() for p in err.problems],
                        lint=[f.as_dict() for f in err.lint])
+
+    @app.errorhandler(ScenariosFailed)
+    def _scenarios_failed(err: ScenariosFailed):
+        return problem(422, "Scenarios failed", f"{err.failed} of {err.passed + err.failed} scenarios failed; "
+                       "deploy with an override_reason to deploy anyway (it is recorded)",
+                       problems=[p.as_dict() for p in err.problems],
+                       scenarios={"passed": err.passed, "failed": err.failed,
+                                  "failures": [f"{p.file}: {p.message}" for p in err.problems]})
 
     @app.errorhandler(NotFound)
     def _not_found(err):

@@ -204,6 +204,17 @@ class StartInstanceRequest(StrictSchema):
     data = fields.Dict(keys=fields.String(), load_default=dict)
 
 
+class ScenarioVerdictView(Schema):
+    """How the scenario files sent with a bundle fared before its deploy (or its validation)."""
+    passed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    failures = fields.List(fields.String(), metadata={"description": "file: scenario 'name': what differed"})
+    override_reason = fields.String(allow_none=True,
+                                    metadata={"description": "why it was deployed although scenarios failed"})
+    decided_by = fields.String(allow_none=True)
+    decided_at = fields.DateTime()
+
+
 class DefinitionView(Schema):
     id = fields.Integer()
     process_key = fields.String()
@@ -215,6 +226,8 @@ class DefinitionView(Schema):
     deployed_by = fields.String(allow_none=True)
     files = fields.List(fields.String())
     running_instances = fields.Integer()
+    scenarios = fields.Nested(ScenarioVerdictView, allow_none=True,
+                              metadata={"description": "the scenarios run before this content was deployed"})
 
 
 class DefinitionPage(PageMeta):
@@ -241,6 +254,9 @@ class DeployResponse(_LintReport):
     process_key = fields.String()
     version = fields.Integer()
     created = fields.Boolean()
+    scenarios = fields.Nested(ScenarioVerdictView, allow_none=True,
+                              metadata={"description": "null when no scenario file came with the bundle, or when "
+                                                       "its content was deployed already"})
 
 
 class ValidateResponse(_LintReport):
@@ -249,6 +265,7 @@ class ValidateResponse(_LintReport):
     name = fields.String()
     content_hash = fields.String()
     files = fields.List(fields.String())
+    scenarios = fields.Nested(ScenarioVerdictView, metadata={"description": "when scenario files came with it"})
 
 
 class MessageRequest(StrictSchema):
@@ -317,6 +334,7 @@ class Problem(Schema):
     problems = fields.List(fields.Nested(DeployProblem), metadata={"description": "a bundle's failed deploy checks"})
     lint = fields.List(fields.Nested(LintFinding),
                        metadata={"description": "a refused bundle's modelling-rule findings, where it could be read"})
+    scenarios = fields.Nested(ScenarioVerdictView, metadata={"description": "a bundle refused for failing scenarios"})
     incident_id = fields.Integer(metadata={"description": "the incident a failed step opened"})
     instance_id = fields.Integer()
     element_id = fields.String()

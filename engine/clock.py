@@ -7,8 +7,11 @@ points that module's `datetime` name at a subclass whose `now()` asks our clock.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 
 import SpiffWorkflow.bpmn.specs.event_definitions.timer as spiff_timer
@@ -74,14 +77,27 @@ class FileClock:
 
 
 _current = SystemClock()
+# A clock for one thread (or task) only: a scenario run moves its own time without moving the time of
+# the requests the same process serves meanwhile.
+_local: ContextVar = ContextVar("camins_local_clock", default=None)
 
 
 def get_clock():
-    return _current
+    return _local.get() or _current
 
 
 def now() -> datetime:
-    return _current.now()
+    return get_clock().now()
+
+
+@contextlib.contextmanager
+def local_clock(clock) -> Iterator:
+    """Within this block, and in this thread only, the engine and Spiff's timers read `clock`."""
+    token = _local.set(clock)
+    try:
+        yield clock
+    finally:
+        _local.reset(token)
 
 
 def set_clock(clock) -> None:
@@ -93,7 +109,7 @@ def set_clock(clock) -> None:
 class _ClockedDatetime(datetime):
     @classmethod
     def now(cls, tz=None):
-        moment = _current.now()
+        moment = now()
         return moment.astimezone(tz) if tz is not None else moment.replace(tzinfo=None)
 
 

@@ -85,3 +85,13 @@ class TooManyAttempts(EngineError):
     def __init__(self, retry_after: int, message: str = "too many failed logins; try again later"):
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class ScenariosFailed(DeployError):
+    """A bundle whose scenario tests (engine/scenario_run.py) fail: refused unless the deploy gives a
+    reason to go ahead anyway. Each problem is one failure, on the scenario file."""
+
+    def __init__(self, problems: list[Problem], passed: int, failed: int):
+        super().__init__(problems)
+        self.passed = passed
+        self.failed = failed

@@ -192,3 +192,25 @@ class Outbox(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     target_instance_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class ScenarioVerdict(Base):
+    """The scenario tests run before a deploy (engine/scenario_run.py): how many passed and failed, and
+    when a deploy went ahead despite failures, who decided it and why.
+
+    Written before the definition it is about, in a transaction of its own: a definition whose
+    scenarios failed is never stored without the reason it was deployed anyway.
+    """
+
+    __tablename__ = "scenario_verdict"
+    __table_args__ = (Index("ix_scenario_verdict_key_hash", "process_key", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_key: Mapped[str] = mapped_column(String(100))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    passed: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[list] = mapped_column(JSON, default=list)  # one line each, the first few
+    override_reason: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -24,9 +24,9 @@ def camins(*args, url: str | None = None, stdin: str | None = None) -> subproces
 def test_help_lists_every_command():
     result = camins("--help")
     assert result.returncode == 0
-    for command in ("demo", "serve", "worker", "db", "deploy", "validate", "users", "bench"):
+    for command in ("demo", "serve", "worker", "db", "deploy", "validate", "users", "bench", "test"):
         assert command in result.stdout
-    for command in ("demo", "serve", "worker", "deploy", "validate", "bench"):
+    for command in ("demo", "serve", "worker", "deploy", "validate", "bench", "test"):
         assert camins(command, "--help").returncode == 0
     bench = camins("bench", "--help").stdout
     assert all(option in bench for option in ("--quick", "--database", "--json", "--only"))

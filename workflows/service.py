@@ -23,11 +23,22 @@ from engine.errors import (
     IncidentOpened,
     Invalid,
     NotFound,
+    Problem,
+    ScenariosFailed,
     TooManyAttempts,
 )
 from engine.lint import errors as lint_errors
 from engine.migrate import upgrade
-from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, MessageSubscription, Timer
+from engine.models import (
+    Definition,
+    HistoryEvent,
+    HumanTask,
+    Incident,
+    Instance,
+    MessageSubscription,
+    ScenarioVerdict,
+    Timer,
+)
 from engine.runtime import Engine
 
 from . import clocks, security
@@ -47,12 +58,15 @@ from .models import (
 from .orgunits import find_unit
 from .pathways import BUNDLED_DIAGRAMS, ESCALATION_PATHWAY, NOTIFICATION_PATHWAY
 from .roles import COMARCA, MUNICIPALITY, ROLES, SECTION
+from .scenarios import Companions, Draft, Verdict, run_draft, split_scenario_files
 from .security import Principal
 
 DOMAIN_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
 NOTIFYING_ROLES = ("notifier", "sscb_admin", "sscb_social_worker", "sscb_coordinator", "imas_intake")
 MAX_PER_PAGE = 200
+MAX_OVERRIDE_REASON = 2000
+MAX_RECORDED_FAILURES = 50
 
 
 # A task as lists show it (plus `overdue`): key → column. The inbox selects just these columns, as
@@ -62,6 +76,11 @@ _TASK_SUMMARY = {"id": HumanTask.id, "case_reference": HumanTask.business_key, "
                  "due_at": HumanTask.due_at, "state": HumanTask.state, "process_key": HumanTask.process_key,
                  "element_id": HumanTask.element_id, "instance_id": HumanTask.instance_id,
                  "created_at": HumanTask.created_at}
+
+
+# What deciding who may act on a case's task needs of the case.
+_CASE_TERRITORY = select(Case.__table__.c.reference, Case.__table__.c.municipality, Case.__table__.c.comarca,
+                         Case.__table__.c.section).where(Case.__table__.c.reference == bindparam("reference"))
 
 
 @dataclass
@@ -75,11 +94,12 @@ class Page:
 class Camins:
     """One per process: the database, the engine and the domain rules."""
 
-    def __init__(self, database_url: str, script_time_limit: float = 1.0):
+    def __init__(self, database_url: str, script_time_limit: float = 1.0, hooks: DomainHooks | None = None):
         self.db = Database(database_url)
-        self.hooks = DomainHooks()
+        self.hooks = hooks or DomainHooks()
         self.engine = Engine(self.db, self.hooks, script_time_limit=script_time_limit)
         self.login_limits = security.LoginLimits.from_env()
+        self._forms: dict[tuple[int, str], dict | None] = {}
 
     def upgrade_schema(self) -> None:
         upgrade(self.db.url, [DOMAIN_MIGRATIONS])
@@ -134,18 +154,77 @@ class Camins:
     def validate_bundle(self, principal: Principal | None, files: list[BundleFile]) -> dict:
         if principal is not None:
             self._require_analyst(principal)
+        files, scenario_files = split_scenario_files(files)
         compiled = self.engine.validate(files)
-        return {"process_key": compiled.process_key, "name": compiled.name, "content_hash": compiled.content_hash,
-                "files": [f.name for f in compiled.files], **_lint_report(compiled.lint)}
+        report = {"process_key": compiled.process_key, "name": compiled.name, "content_hash": compiled.content_hash,
+                  "files": [f.name for f in compiled.files], **_lint_report(compiled.lint)}
+        if scenario_files:
+            report["scenarios"] = _verdict_view(self._run_scenarios(compiled, files, scenario_files, None, None))
+        return report
 
-    def deploy_bundle(self, principal: Principal | None, files: list[BundleFile]) -> dict:
+    def deploy_bundle(self, principal: Principal | None, files: list[BundleFile], override_reason: str | None = None,
+                      companions: Companions | None = None) -> dict:
         """Deploy, and list the bundle's modelling-rule findings. They do not stop the deploy: the rules
-        judge how a diagram reads, not whether it runs, and `camins validate` is where they gate."""
+        judge how a diagram reads, not whether it runs, and `camins validate` is where they gate.
+
+        Scenario files sent with the bundle (`*.scenarios.yaml`) run first (`check_scenarios`)."""
         if principal is not None:
             self._require_analyst(principal)
-        definition, created = self.engine.deploy(files, principal.username if principal else "cli")
+        files, scenario_files = split_scenario_files(files)
+        verdict = self.check_scenarios(files, scenario_files, override_reason, companions)
+        return self.deploy_checked(principal, files, verdict)
+
+    def check_scenarios(self, files: list[BundleFile], scenario_files: list[BundleFile],
+                        override_reason: str | None = None, companions: Companions | None = None) -> Verdict | None:
+        """Run a bundle's scenario files against it as a draft, on throwaway databases.
+
+        ScenariosFailed if one fails, unless `override_reason` says why to deploy anyway; DeployError if a
+        file cannot be run. None when there are none, or when this content is deployed already (it keeps
+        its version, so there is nothing to decide). `companions` finds the pathways a file runs beside
+        its diagram (`with:`); by default the deployed ones."""
+        reason = _override_reason(override_reason)
+        compiled = self.engine.validate(files)
+        if not scenario_files or self._is_deployed(compiled):
+            return None
+        verdict = self._run_scenarios(compiled, files, scenario_files, reason, companions)
+        if verdict.failed and not verdict.override_reason:
+            problems = [Problem(file=file, message=message) for file, message in verdict.failed_at]
+            raise ScenariosFailed(problems, verdict.passed, verdict.failed)
+        return verdict
+
+    def deploy_checked(self, principal: Principal | None, files: list[BundleFile], verdict: Verdict | None) -> dict:
+        """Deploy a bundle whose scenarios `check_scenarios` ran; the verdict is recorded first, so that a
+        deploy over failing scenarios is never stored without its reason."""
+        actor = principal.username if principal else "cli"
+        if verdict is not None:
+            with self.db.write() as session:
+                session.add(ScenarioVerdict(process_key=verdict.process_key, content_hash=verdict.content_hash,
+                                            passed=verdict.passed, failed=verdict.failed,
+                                            failures=verdict.failures[:MAX_RECORDED_FAILURES],
+                                            override_reason=verdict.override_reason, decided_by=actor,
+                                            decided_at=clock.now()))
+        definition, created = self.engine.deploy(files, actor)
         return {"id": definition.id, "process_key": definition.process_key, "version": definition.version,
-                "created": created, **_lint_report(lint_bundle(files))}
+                "created": created, "scenarios": _verdict_view(verdict), **_lint_report(lint_bundle(files))}
+
+    def _run_scenarios(self, compiled, files, scenario_files, reason: str | None, companions) -> Verdict:
+        reports = run_draft(Draft(files, scenario_files, companions or self._deployed_bundle), compiled=compiled)
+        unreadable = [Problem(file=report.file, message=problem) for report in reports for problem in report.problems]
+        if unreadable:
+            raise DeployError(unreadable)
+        return Verdict.of(compiled, reports, reason)
+
+    def _is_deployed(self, compiled) -> bool:
+        with self.db.read() as session:
+            return session.scalar(select(Definition.id).where(Definition.process_key == compiled.process_key,
+                                                              Definition.content_hash == compiled.content_hash)
+                                  .limit(1)) is not None
+
+    def _deployed_bundle(self, process_key: str) -> list[BundleFile] | None:
+        """The files of the latest deployed version of a process: what a draft's scenarios run beside."""
+        with self.db.read() as session:
+            definition = self.engine.latest_definition(session, process_key)
+            return [BundleFile(f.name, f.content) for f in definition.files] if definition else None
 
     def deploy_directory(self, path: Path = BUNDLED_DIAGRAMS, actor: str = "cli") -> list[tuple[Definition, bool]]:
         bundles = bundles_from_directory(path)
@@ -166,9 +245,11 @@ class Camins:
             counts = dict(session.execute(select(Instance.definition_id, func.count())
                                           .where(Instance.status.in_(("created", "running")))
                                           .group_by(Instance.definition_id)).all())
+            verdicts = _verdicts_of(session, rows)
             items = [dict(id=d.id, process_key=d.process_key, version=d.version, name=d.name, status=d.status,
                           content_hash=d.content_hash, deployed_at=d.deployed_at, deployed_by=d.deployed_by,
-                          files=[f.name for f in d.files], running_instances=counts.get(d.id, 0)) for d in rows]
+                          files=[f.name for f in d.files], running_instances=counts.get(d.id, 0),
+                          scenarios=verdicts.get((d.process_key, d.content_hash))) for d in rows]
         return Page(items, total, page, per_page)
 
     # ------------------------------------------------------------ notifications
@@ -176,13 +257,7 @@ class Camins:
                             description: str) -> dict:
         if not principal.has_role(*NOTIFYING_ROLES):
             raise Forbidden("your role may not submit notifications")
-        unit = find_unit(municipality)
-        errors: dict[str, list[str]] = {}
-        if unit is None or unit.kind != "municipality":
-            errors["municipality"] = [f"'{municipality}' is not one of the 53 municipalities of Mallorca"]
-        birth = child.get("birth_date")
-        if isinstance(birth, date) and birth > clock.now().date():
-            errors["child.birth_date"] = ["birth date is in the future"]
+        unit, errors = _case_facts_errors(municipality, child)
         if reporter.get("kind") not in REPORTER_KINDS:
             errors["reporter.kind"] = [f"must be one of: {', '.join(REPORTER_KINDS)}"]
         if errors:
@@ -208,6 +283,17 @@ class Camins:
             # The notification is stored; the incident keeps the step for a retry.
             result["incident_id"] = err.incident_id
         return result
+
+    def open_case(self, municipality: str, child: dict, actor: str) -> str:
+        """A case with no pathway running yet, for one to be started on it by a message or by hand.
+
+        Not offered over the API, where every case begins with a notification: scenario runs use it to
+        start a pathway in the middle of a journey."""
+        unit, errors = _case_facts_errors(municipality, child)
+        if errors:
+            raise Invalid(errors)
+        with self.db.write() as session:
+            return self._new_case(session, unit, child, actor).reference
 
     def _new_case(self, session, unit, child: dict, actor: str) -> Case:
         year = clock.now().year
@@ -385,25 +471,52 @@ class Camins:
         return self.get_task(principal, task_id)
 
     def complete(self, principal: Principal, task_id: str, data) -> dict:
-        with self.db.write() as session:
-            task, case = self._visible_task(session, principal, task_id)
+        def authorize_and_clean(session, task) -> dict:
+            """Inside the completing step: who may complete it, and the submission checked against its form."""
+            case = session.connection().execute(_CASE_TERRITORY, {"reference": task.business_key}).first()
+            candidate = (task.role, task.org_unit) in principal.queues()
+            # Being the assignee is not enough: whoever left the task's role or territory loses it.
+            if case is None or not (candidate or principal.supervises(case)):
+                raise NotFound("task not found")
             if task.state != "open":
                 raise Conflict(f"the task is already {task.state}")
             if task.assignee not in (None, principal.username):
                 raise Forbidden("the task is assigned to someone else")
-            if task.assignee is None and not self._is_candidate(principal, task):
+            if task.assignee is None and not candidate:
                 raise Forbidden("you do not hold the role this task needs in its territory")
-            form = self._form_of(session, task)
+            form = self._parsed_form(session, task.definition_id, task.form)
             try:
                 cleaned = _with_unchecked_boxes(form, validate_submission(form, data)) if form is not None \
                     else _plain_data(data)
             except SubmissionInvalid as err:
                 raise Invalid(err.errors) from None
             self._log_access(session, principal, case.reference, "complete_task", f"task/{task_id}")
-        # An unassigned task is claimed in the completing step itself: racing colleagues see it open or
-        # done, never held by someone whose completion then fails, and every loser gets a 409.
-        result = self.engine.complete_task(task_id, cleaned, principal.username, claim=True)
+            return cleaned
+
+        # One transaction: the checks, the access log and the completion. An unassigned task is claimed
+        # in it: racing colleagues see it open or done, never held by someone whose completion then
+        # fails, and every loser gets a 409.
+        try:
+            result = self.engine.complete_task(task_id, data, principal.username, claim=True,
+                                               check=authorize_and_clean)
+        except IncidentOpened:
+            # The failed step was rolled back with its access-log row; the submission was read all the same.
+            with self.db.write() as session:
+                reference = session.scalar(select(HumanTask.business_key).where(HumanTask.id == task_id))
+                self._log_access(session, principal, reference, "complete_task", f"task/{task_id}")
+            raise
         return {"task_id": task_id, "instance_id": result.instance_id, "instance_status": result.status}
+
+    def _parsed_form(self, session, definition_id: int, name: str | None) -> dict | None:
+        """A task's form, parsed once per definition (a deployed definition never changes)."""
+        if not name:
+            return None
+        key = (definition_id, name)
+        if key not in self._forms:
+            cached = self.engine.spec_of(session, definition_id)
+            raw = cached.forms.get(name) or cached.forms.get(f"forms/{Path(name).name}")
+            self._forms[key] = json.loads(raw) if raw else None
+        return self._forms[key]
 
     # ------------------------------------------------------------ cases and instances
     def get_case(self, principal: Principal, reference: str, history_limit: int = 500) -> dict:
@@ -631,6 +744,18 @@ class Camins:
         return {"instance_id": result.instance_id, "instance_status": result.status}
 
 
+def _case_facts_errors(municipality: str, child: dict) -> tuple[object, dict[str, list[str]]]:
+    """The municipality's unit, and what is wrong with the facts a new case is opened with."""
+    unit = find_unit(municipality)
+    errors: dict[str, list[str]] = {}
+    if unit is None or unit.kind != "municipality":
+        errors["municipality"] = [f"'{municipality}' is not one of the 53 municipalities of Mallorca"]
+    birth = child.get("birth_date")
+    if isinstance(birth, date) and birth > clock.now().date():
+        errors["child.birth_date"] = ["birth date is in the future"]
+    return unit, errors
+
+
 def _with_overdue(summary: dict, now: datetime) -> dict:
     summary["overdue"] = bool(summary["due_at"] and summary["state"] == "open" and summary["due_at"] < now)
     return summary
@@ -689,6 +814,36 @@ def _plain_data(data) -> dict:
     if bad:
         raise Invalid({str(k): ["field names must be identifiers not starting with '_'"] for k in bad})
     return data
+
+
+def _override_reason(text: str | None) -> str | None:
+    """Why a deploy goes ahead over failing scenarios: kept with the verdict, so it must say something."""
+    reason = (text or "").strip()
+    if len(reason) > MAX_OVERRIDE_REASON:
+        raise Invalid({"override_reason": [f"at most {MAX_OVERRIDE_REASON} characters"]})
+    return reason or None
+
+
+def _verdict_view(verdict) -> dict | None:
+    """A verdict (scenarios.Verdict, or a ScenarioVerdict row) as the API shows it."""
+    if verdict is None:
+        return None
+    view = {"passed": verdict.passed, "failed": verdict.failed, "failures": list(verdict.failures),
+            "override_reason": verdict.override_reason}
+    for key in ("decided_by", "decided_at"):
+        if hasattr(verdict, key):
+            view[key] = getattr(verdict, key)
+    return view
+
+
+def _verdicts_of(session, definitions) -> dict[tuple[str, str], dict]:
+    """(process key, content hash) → the latest scenario verdict recorded for that content."""
+    hashes = {d.content_hash for d in definitions}
+    if not hashes:
+        return {}
+    rows = session.scalars(select(ScenarioVerdict).where(ScenarioVerdict.content_hash.in_(hashes))
+                           .order_by(ScenarioVerdict.id))
+    return {(v.process_key, v.content_hash): _verdict_view(v) for v in rows}
 
 
 def _lint_report(findings: list) -> dict:

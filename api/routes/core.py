@@ -12,6 +12,7 @@ from engine.errors import Invalid
 
 from .. import schemas as s
 from ..auth import authenticated, camins
+from ..textguard import MESSAGE, unstorable
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
 notifications_blp = Blueprint("notifications", __name__, url_prefix="/api/notifications",
@@ -224,9 +225,23 @@ def _uploaded_bundle() -> list[BundleFile]:
     return [BundleFile(u.filename or "unnamed", u.read()) for u in uploads]
 
 
+def _override_reason() -> str | None:
+    reason = request.form.get("override_reason")
+    if reason is not None and unstorable(reason):
+        raise Invalid({"override_reason": [MESSAGE]})
+    return reason
+
+
+_FILES_PART = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+               "maxItems": MAX_UPLOAD_FILES,
+               "description": "the .bpmn, its .dmn files and forms/*.form; and any *.scenarios.yaml, run first"}
 _BUNDLE_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                               "minItems": 1, "maxItems": MAX_UPLOAD_FILES}},
+    "type": "object", "properties": {"files": _FILES_PART}, "required": ["files"]}}}}}
+_DEPLOY_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {
+        "files": _FILES_PART,
+        "override_reason": {"type": "string", "maxLength": 2000,
+                            "description": "deploy even though scenarios fail, for this reason (recorded)"}},
     "required": ["files"]}}}}}
 
 
@@ -241,14 +256,17 @@ class DefinitionsView(MethodView):
         return _page(camins().list_definitions(g.principal, args["page"], args["per_page"]))
 
     @definitions_blp.response(201, s.DeployResponse)
-    @definitions_blp.doc(**_BUNDLE_DOC)
+    @definitions_blp.doc(**_DEPLOY_DOC)
     @_answers(definitions_blp, 401, 403, 409, 413, 422)
     @authenticated
     def post(self):
         """Deploy a bundle (analysts). Identical content keeps its version; a change makes the next one.
 
-        Modelling-rule findings (`lint`) are listed but do not stop a deploy: validate first to gate on them."""
-        return camins().deploy_bundle(g.principal, _uploaded_bundle())
+        Modelling-rule findings (`lint`) are listed but do not stop a deploy: validate first to gate on them.
+        Scenario files sent with the bundle (`x.scenarios.yaml` beside `x.bpmn`) run first, against the
+        bundle as a draft: if one fails the deploy is refused (422, each failure in `problems`) unless
+        `override_reason` says why to deploy anyway; the reason is recorded and the definition shows it."""
+        return camins().deploy_bundle(g.principal, _uploaded_bundle(), _override_reason())
 
 
 @definitions_blp.route("/validate")
@@ -260,7 +278,8 @@ class ValidateView(MethodView):
     def post(self):
         """Run every deploy check and the modelling rules on a bundle without deploying it (analysts).
 
-        `valid` says whether it would deploy; `lint_clean` whether it also breaks no modelling rule."""
+        `valid` says whether it would deploy; `lint_clean` whether it also breaks no modelling rule;
+        `scenarios` how the scenario files sent with it (`*.scenarios.yaml`) fared."""
         result = camins().validate_bundle(g.principal, _uploaded_bundle())
         return {"valid": True, **result}
 
