@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry point: creates .venv and node_modules from the project's own files, then runs
 #   ./camins.sh demo      the demo (SQLite, pathways, users, cases, server + scheduler)
-#   ./camins.sh test      the whole test suite (SQLite and PostgreSQL)
+#   ./camins.sh test      the whole test suite (SQLite and PostgreSQL), in parallel
 #   ./camins.sh ARGS...   any `camins` command, e.g. ./camins.sh validate bpmn/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,8 +21,15 @@ fi
 case "${1:-}" in
   test)
     shift
-    # The whole suite must cross every sequence flow of every bundled diagram.
-    if [ $# -eq 0 ]; then export CAMINS_FLOW_COVERAGE=strict; fi
+    if [ $# -eq 0 ]; then
+      # The whole suite must cross every sequence flow of every bundled diagram.
+      export CAMINS_FLOW_COVERAGE=strict
+      # In parallel (pytest-xdist): one worker per core, at most 4 (CAMINS_TEST_WORKERS=0: serially).
+      # loadgroup keeps the tests that start servers and workers as subprocesses on one worker, one
+      # after the other (the `xdist_group("processes")` mark), and hands it that group first.
+      workers="${CAMINS_TEST_WORKERS:-$(cores=$(nproc 2>/dev/null || echo 2); echo $((cores < 4 ? cores : 4)))}"
+      if [ "$workers" -gt 1 ]; then set -- -n "$workers" --dist loadgroup; fi
+    fi
     exec .venv/bin/python -m pytest -q "$@"
     ;;
   "")

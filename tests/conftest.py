@@ -41,30 +41,57 @@ def _pg_reachable() -> bool:
         return False
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request, tmp_path_factory):
-    clock.set_clock(ManualClock(START))
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'camins.db'}"
-        _prepare(url)
-        yield url
-        return
-    if not _pg_reachable():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"camins_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
-        _prepare(url)
-        yield url
-    finally:
+def worker_tag() -> str:
+    """`gw0`, `gw1`, ... under pytest-xdist, `main` otherwise: for names that workers must not share."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def _databases(tmp_path_factory):
+    """The SQLite and the PostgreSQL test database of this process, each made once and dropped at the end.
+
+    `database_url` is parametrized at session scope, so pytest finalizes it whenever the next test
+    asks for the other database. That happens once in a serial run, but under pytest-xdist a worker
+    can go back and forth many times (with --dist loadgroup it gets tests one by one), so the
+    databases live here and `database_url` only picks one.
+    """
+    urls: dict[str, str] = {}
+    drops: list[tuple] = []
+    unreachable: list[bool] = []
+
+    def get(kind: str) -> str:
+        if kind in urls:
+            return urls[kind]
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'camins.db'}"
+            _prepare(url)
+        else:
+            if unreachable or not _pg_reachable():
+                unreachable.append(True)  # asked once: a dead server would cost 3 s a test
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
+                pytest.skip("PostgreSQL is not reachable")
+            name = f"camins_test_{worker_tag()}_{uuid.uuid4().hex[:10]}"
+            admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            drops.append((admin, name))
+            url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
+            _prepare(url)
+        urls[kind] = url
+        return url
+
+    yield get
+    for admin, name in drops:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request, _databases):
+    clock.set_clock(ManualClock(START))
+    return _databases(request.param)
 
 
 def _prepare(url: str) -> None:
@@ -151,7 +178,8 @@ class Http:
 def server(camins):
     app = create_app(camins, {"TESTING": True})
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next poll: at the default 0.5 s that was half a second a test.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
@@ -163,8 +191,23 @@ def http(server) -> Http:
     return Http(server)
 
 
+def pytest_collection_finish(session):
+    flow_coverage.set_order([item.nodeid for item in session.items])
+
+
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: the controller merges every worker's flows and writes the report.
+        workeroutput["flow_coverage"] = flow_coverage.export()
+        return
     flow_coverage.write_report(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: a worker finished; take the flows its tests crossed."""
+    flow_coverage.merge(getattr(node, "workeroutput", {}).get("flow_coverage", []))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -47,7 +47,7 @@ def second_process(database_url: str, limits: LoginLimits | None = None):
     if limits is not None:
         other.login_limits = limits
     httpd = make_server("127.0.0.1", 0, create_app(other, {"TESTING": True}), threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield other, f"http://127.0.0.1:{httpd.server_port}"

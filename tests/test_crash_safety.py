@@ -53,6 +53,9 @@ from workflows.service import Camins
 from .conftest import PG_SERVER, _pg_reachable
 from .processes import start_server
 
+# Starts servers or workers as subprocesses: under pytest-xdist, on one worker with the others that do.
+pytestmark = pytest.mark.xdist_group("processes")
+
 PROCESS = "bucle_crash"
 # One person per town, each streaming the completions of their own cases.
 TOWNS = {"Manacor": "manacor", "Son Servera": "sonservera", "Inca": "inca", "Palma": "palma"}

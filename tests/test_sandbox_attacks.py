@@ -25,6 +25,9 @@ from .conftest import Http, _empty_tables
 from .pathway_driver import notify
 from .processes import group_pids, start_server
 
+# Starts servers or workers as subprocesses: under pytest-xdist, on one worker with the others that do.
+pytestmark = pytest.mark.xdist_group("processes")
+
 # A hang detector, not a performance target: the sandbox's own limit is 1 s of script time.
 HANG_SECONDS = 30.0
 # The sandbox tolerates 512 MiB of growth per evaluation; the server must stay well under this.

@@ -32,6 +32,9 @@ from workflows.service import Camins
 from .conftest import PG_SERVER, START, Http, _pg_reachable, _prepare
 from .processes import start_server, start_worker
 
+# Starts servers or workers as subprocesses: under pytest-xdist, on one worker with the others that do.
+pytestmark = pytest.mark.xdist_group("processes")
+
 TIMERS = 1000
 BATCH = 50
 LEASE = timedelta(seconds=60)  # of simulated time
