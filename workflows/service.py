@@ -442,10 +442,8 @@ class Camins:
     def _form_of(self, session, task: HumanTask) -> dict | None:
         if not task.form:
             return None
-        instance = session.get(Instance, task.instance_id)
-        cached = self.engine.cached_spec(instance.definition)
-        raw = cached.forms.get(task.form) or cached.forms.get(f"forms/{Path(task.form).name}")
-        return json.loads(raw) if raw else None
+        definition_id = session.scalar(select(Instance.definition_id).where(Instance.id == task.instance_id))
+        return self._parsed_form(session, definition_id, task.form)
 
     def claim(self, principal: Principal, task_id: str) -> dict:
         with self.db.read() as session:
