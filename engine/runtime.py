@@ -200,10 +200,11 @@ def _crossed_flows(new_tasks, flows: dict, script_engine) -> set[str]:
 # running it. They go to the connection, past the ORM's unit of work, which a step does not need.
 _INSTANCES = Instance.__table__
 _TASKS = HumanTask.__table__
+# What a step reads of its instance.
+_STEP_COLUMNS = ("id", "definition_id", "process_key", "business_key", "status", "state", "version",
+                 "completed_elements", "taken_flows")
 _LOCK_INSTANCE = (
-    select(_INSTANCES.c.id, _INSTANCES.c.definition_id, _INSTANCES.c.process_key, _INSTANCES.c.business_key,
-           _INSTANCES.c.status, _INSTANCES.c.state, _INSTANCES.c.version, _INSTANCES.c.completed_elements,
-           _INSTANCES.c.taken_flows)
+    select(*[_INSTANCES.c[name] for name in _STEP_COLUMNS])
     .where(_INSTANCES.c.id == bindparam("instance_id"))
     .with_for_update(of=_INSTANCES)
 )
@@ -215,13 +216,36 @@ _SAVE_INSTANCE = (
             completed_elements=bindparam("completed"), taken_flows=bindparam("taken"),
             serializer_version=bindparam("serializer_version"))
 )
+# A completion reads its task and locks its instance in one statement (one round trip less per step).
+# The instance's columns come prefixed with locked_, the task's keep their names (and the instance's definition_id).
 _TASK_TO_COMPLETE = (
     select(_TASKS.c.id, _TASKS.c.instance_id, _TASKS.c.process_key, _TASKS.c.business_key, _TASKS.c.element_id,
            _TASKS.c.state, _TASKS.c.role, _TASKS.c.org_unit, _TASKS.c.assignee, _TASKS.c.form,
-           _TASKS.c.distinct_from_user, _INSTANCES.c.definition_id)
+           _TASKS.c.distinct_from_user, _INSTANCES.c.definition_id,
+           *[_INSTANCES.c[name].label(f"locked_{name}") for name in _STEP_COLUMNS])
     .select_from(_TASKS.join(_INSTANCES, _INSTANCES.c.id == _TASKS.c.instance_id))
     .where(_TASKS.c.id == bindparam("task_id"))
+    .with_for_update(of=_INSTANCES)
 )
+
+
+@dataclass(frozen=True)
+class _LockedInstance:
+    """The columns of `_STEP_COLUMNS` of an instance locked by `_TASK_TO_COMPLETE`."""
+
+    id: int
+    definition_id: int
+    process_key: str
+    business_key: str
+    status: str
+    state: str
+    version: int
+    completed_elements: list
+    taken_flows: list
+
+    @classmethod
+    def of_task_row(cls, row) -> _LockedInstance:
+        return cls(*[getattr(row, f"locked_{name}") for name in _STEP_COLUMNS])
 _TASK_COMPLETED = (
     update(_TASKS)
     .where(_TASKS.c.id == bindparam("task_id"), _TASKS.c.state == _OPEN)
@@ -240,7 +264,7 @@ _TASK_CLAIMED_AND_COMPLETED = (
 
 
 def _task_to_complete(session, action: dict, actor: str | None, check: CompletionCheck | None):
-    """The human task a completion is for, checked before its instance is loaded.
+    """The human task a completion is for, with its instance locked, checked before the state is loaded.
 
     `check`, the caller's own checks (who may complete it, is the data valid), runs first, in this
     transaction: whoever may not see the task must not learn whether it is still open.
@@ -616,15 +640,18 @@ class Engine:
             for attempt in range(1, _STEP_ATTEMPTS + 1):
                 try:
                     with self.db.write() as session:
-                        task_row = None
-                        if action["kind"] == "complete":
-                            task_row = _task_to_complete(session, action, actor, check)
-                            instance_id = task_row.instance_id
                         # Lock the instance row before anything else is locked: every step then takes
                         # its locks in the same order (instance, then its tasks and timers). Without it a
                         # completion (claims its task row first) and a timer firing (updates the instance
                         # first, then cancels that task row) deadlock on PostgreSQL.
-                        instance = session.connection().execute(_LOCK_INSTANCE, {"instance_id": instance_id}).first()
+                        task_row = None
+                        if action["kind"] == "complete":
+                            task_row = _task_to_complete(session, action, actor, check)
+                            instance_id = task_row.instance_id
+                            instance = _LockedInstance.of_task_row(task_row)
+                        else:
+                            instance = session.connection().execute(_LOCK_INSTANCE,
+                                                                    {"instance_id": instance_id}).first()
                         if instance is None:
                             raise NotFound("instance not found")
                         if instance.status in ("completed", "cancelled"):
@@ -893,12 +920,7 @@ class Engine:
             due_at = add_duration(now, properties["due_in"]) if properties.get("due_in") else None
             distinct_from_user = None
             if properties.get("distinct_from"):
-                distinct_from_user = session.connection().scalar(
-                    select(_TASKS.c.completed_by)
-                    .where(_TASKS.c.instance_id == instance.id,
-                           _TASKS.c.element_id == properties["distinct_from"],
-                           _TASKS.c.state == "completed")
-                    .order_by(_TASKS.c.completed_at.desc()).limit(1))
+                distinct_from_user = self._last_completed_by(session, instance, ctx, properties["distinct_from"])
             if routing.assignee and routing.assignee == distinct_from_user:
                 routing.assignee = None
             element_id = task.task_spec.bpmn_id
@@ -917,6 +939,18 @@ class Engine:
                                   "assignee": routing.assignee})
         if rows:
             session.connection().execute(insert(_TASKS), rows)
+
+    @staticmethod
+    def _last_completed_by(session, instance, ctx: StepContext, element_id: str) -> str | None:
+        """Who completed the latest task of `element_id` in the instance (four eyes)."""
+        row = ctx.task_row
+        if row is not None and row.element_id == element_id and row.id in ctx.completed_human:
+            return ctx.actor  # completed in this very step: no need to ask the database
+        return session.connection().scalar(
+            select(_TASKS.c.completed_by)
+            .where(_TASKS.c.instance_id == instance.id, _TASKS.c.element_id == element_id,
+                   _TASKS.c.state == "completed")
+            .order_by(_TASKS.c.completed_at.desc()).limit(1))
 
     def _project_timers(self, session, instance, waiting) -> list[str]:
         wanted = {}

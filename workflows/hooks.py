@@ -40,7 +40,7 @@ class DomainHooks(EngineHooks):
         return problems
 
     def route_task(self, session, business_key: str, role: str | None, element) -> Routing:
-        case = _case_facts(session, business_key)
+        case = case_facts(session, business_key)
         if case is None or role is None:
             return Routing(role=role, org_unit=None)
         unit = scope_unit(role, case)
@@ -51,9 +51,12 @@ class DomainHooks(EngineHooks):
         referent = _referents(session, case).get(role)
         if referent is None:
             return None
-        still_there = session.connection().scalar(_STILL_HOLDS_ROLE,
-                                                  {"username": referent, "role": role, "unit": unit})
-        return referent if still_there else None
+        units = _referent_units(session, case).get(role)
+        if units is None:  # a referent written in this transaction: their memberships were not read
+            still_there = session.connection().scalar(_STILL_HOLDS_ROLE,
+                                                      {"username": referent, "role": role, "unit": unit})
+            return referent if still_there else None
+        return referent if unit in units else None
 
     def call_service(self, session, instance, operation: str, params: dict):
         if operation != "record_communication":
@@ -71,7 +74,7 @@ class DomainHooks(EngineHooks):
         role = human_task.role
         if not actor or role not in ROLES or role in _NO_CONTINUITY:
             return
-        case = _case_facts(session, human_task.business_key)
+        case = case_facts(session, human_task.business_key)
         if case is None:
             return
         referents = _referents(session, case)
@@ -79,9 +82,10 @@ class DomainHooks(EngineHooks):
             return
         # A step on another pathway of the case may have committed a referent for this role first:
         # theirs stands, and this one is not written.
+        # RETURNING tells whether the row went in: psycopg reports no rowcount for an INSERT.
         added = session.execute(_insert_ignoring_duplicates(session, CaseReferent).values(
-            case_id=case.id, role=role, username=actor, since=clock.now()))
-        if added.rowcount == 1:
+            case_id=case.id, role=role, username=actor, since=clock.now()).returning(CaseReferent.id)).first()
+        if added is not None:
             referents[role] = actor
         else:
             session.info.get("camins_referents", {}).pop(case.id, None)
@@ -107,7 +111,7 @@ class DomainHooks(EngineHooks):
         return set(OWNED_PROCESSES)
 
     def start_data(self, session, business_key: str) -> dict:
-        case = _case_facts(session, business_key)
+        case = case_facts(session, business_key)
         if case is None or case.child_birth_date is None:
             return {}
         # Timers that depend on age (reviews, 16th and 18th birthdays) read it from here.
@@ -122,7 +126,7 @@ class DomainHooks(EngineHooks):
 
         if not any(ids(e, k) for e in [*entered, *completed] for k in clocks.CLOCK_PROPERTIES):
             return
-        case = _case_facts(session, instance.business_key)
+        case = case_facts(session, instance.business_key)
         if case is None:
             return
         entered_now = {e.element_id for e in entered}
@@ -190,25 +194,32 @@ def _referents(session, case) -> dict[str, str]:
 # name or the family. Built once; a step reads the case on every completion.
 _CASES = Case.__table__
 _REFERENT_ROWS = CaseReferent.__table__
+_USERS = User.__table__
+_MEMBERSHIPS = Membership.__table__
+# One row per (referent, unit where that referent still holds the referent role): routing a task to
+# the referent needs to know they are still there, and asking separately cost a query per step.
 _CASE_FACTS = (
     select(_CASES.c.id, _CASES.c.reference, _CASES.c.municipality, _CASES.c.comarca, _CASES.c.section,
            _CASES.c.child_birth_date, _REFERENT_ROWS.c.role.label("referent_role"),
-           _REFERENT_ROWS.c.username.label("referent"))
-    .select_from(_CASES.outerjoin(_REFERENT_ROWS, _REFERENT_ROWS.c.case_id == _CASES.c.id))
+           _REFERENT_ROWS.c.username.label("referent"), _MEMBERSHIPS.c.org_unit.label("referent_unit"))
+    .select_from(_CASES.outerjoin(_REFERENT_ROWS, _REFERENT_ROWS.c.case_id == _CASES.c.id)
+                 .outerjoin(_USERS, (_USERS.c.username == _REFERENT_ROWS.c.username) & _USERS.c.active.is_(True))
+                 .outerjoin(_MEMBERSHIPS, (_MEMBERSHIPS.c.user_id == _USERS.c.id)
+                            & (_MEMBERSHIPS.c.role == _REFERENT_ROWS.c.role)))
     .where(_CASES.c.reference == bindparam("reference"))
 )
 _REFERENTS = select(_REFERENT_ROWS.c.role, _REFERENT_ROWS.c.username).where(
     _REFERENT_ROWS.c.case_id == bindparam("case_id"))
 _STILL_HOLDS_ROLE = (
-    select(Membership.__table__.c.id)
-    .select_from(Membership.__table__.join(User.__table__))
-    .where(User.__table__.c.username == bindparam("username"), User.__table__.c.active.is_(True),
-           Membership.__table__.c.role == bindparam("role"), Membership.__table__.c.org_unit == bindparam("unit"))
+    select(_MEMBERSHIPS.c.id)
+    .select_from(_MEMBERSHIPS.join(_USERS))
+    .where(_USERS.c.username == bindparam("username"), _USERS.c.active.is_(True),
+           _MEMBERSHIPS.c.role == bindparam("role"), _MEMBERSHIPS.c.org_unit == bindparam("unit"))
     .limit(1)
 )
 
 
-def _case_facts(session, reference: str):
+def case_facts(session, reference: str):
     """The case of a step as a row of `_CASE_FACTS`, read once per transaction (its referents too)."""
     facts = session.info.setdefault("camins_case_facts", {})
     if reference not in facts:
@@ -219,7 +230,22 @@ def _case_facts(session, reference: str):
         if rows:
             session.info.setdefault("camins_referents", {})[rows[0].id] = {
                 row.referent_role: row.referent for row in rows if row.referent_role is not None}
+            units: dict[str, set[str]] = {}
+            for row in rows:
+                if row.referent_role is not None:
+                    units.setdefault(row.referent_role, set())
+                    if row.referent_unit is not None:
+                        units[row.referent_role].add(row.referent_unit)
+            session.info.setdefault(_REFERENT_UNITS, {})[rows[0].id] = units
     return facts[reference]
+
+
+_REFERENT_UNITS = "camins_referent_units"
+
+
+def _referent_units(session, case) -> dict[str, set[str]]:
+    """Role → the units where the case's referent for it holds that role now (read with the case)."""
+    return session.info.get(_REFERENT_UNITS, {}).get(case.id, {})
 
 
 def _case(session, reference: str) -> Case | None:
