@@ -123,7 +123,7 @@ class Camins:
             return token, row.expires_at
 
     def principal(self, token: str) -> Principal:
-        with self.db.read() as session:
+        with self.db.read_one() as session:
             return security.principal_for_token(session, token)
 
     def logout(self, token: str) -> None:
