@@ -9,12 +9,20 @@ when another writer committed meanwhile, while an immediate one waits its turn
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: SQLite's own busy_timeout orders the writers there
+    fcntl = None
 from collections.abc import Iterator
 from datetime import UTC
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -49,6 +57,51 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         conn.exec_driver_sql(begin)
 
     return engine
+
+
+class WriterTurn:
+    """SQLite writers one at a time, across threads and processes, each woken when the last one is done.
+
+    SQLite lets one transaction write at a time. A writer that finds the database locked polls it,
+    sleeping up to 100 ms between tries (busy_timeout), so under concurrent requests (two gunicorn
+    workers with four threads each) most of the time went to sleeping after the lock was free. Here the
+    writers queue on an advisory lock of the operating system (flock on a file beside the database),
+    which wakes the next one as soon as the lock is released. Writers that do not take this turn
+    (migrations, another program) still meet SQLite's own lock and its busy_timeout.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        # flock is held per open file, so the threads of a process queue here first. Reentrant: a write
+        # opened inside another one on the same thread behaves as it did without this turn.
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._file = None
+        self._pid = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._threads:
+            self._depth += 1
+            try:
+                if self._depth > 1:
+                    yield
+                    return
+                handle = self._handle()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            finally:
+                self._depth -= 1
+
+    def _handle(self):
+        # Opened in the process that uses it: a file inherited through fork() would share its lock.
+        if self._pid != os.getpid():
+            self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the life of the process
+            self._pid = os.getpid()
+        return self._file
 
 
 # A pooled PostgreSQL connection unused for longer than this is checked before it is handed out.
@@ -86,9 +139,13 @@ class Database:
     def __init__(self, url: str, ping_idle_after: float = PING_IDLE_AFTER):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._writer_turn = contextlib.nullcontext
         if self.is_sqlite:
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
             self.read_engine = _sqlite_engine(url, "BEGIN")
+            database = make_url(url).database
+            if database and database != ":memory:" and fcntl is not None:
+                self._writer_turn = WriterTurn(Path(f"{database}-writer.lock"))
         else:
             self.write_engine = create_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
             _ping_when_idle(self.write_engine, ping_idle_after)
@@ -103,7 +160,7 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction that commits on success and rolls back on any error."""
-        with self._writer() as session:
+        with self._writer_turn(), self._writer() as session:
             with session.begin():
                 yield session
 
