@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 try:
@@ -21,7 +22,7 @@ except ImportError:  # not on Windows: SQLite's own busy_timeout orders the writ
 from collections.abc import Iterator
 from datetime import UTC
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, exc
+from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, exc, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -182,6 +183,26 @@ class Database:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+
+
+@contextlib.contextmanager
+def throwaway_postgres_database(server_url: str, label: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of `server_url`, dropped afterwards (tests, bench).
+
+    Yields its URL; `server_url` names any database the user may connect to (to create the new one).
+    """
+    name = f"camins_{label}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield server_url.rsplit("/", 1)[0] + "/" + name
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 class UTCDateTime(TypeDecorator):

@@ -5,9 +5,9 @@ when it is down, except in CI (CI=true), where they fail instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from api import create_app
 from engine import clock
 from engine.clock import ManualClock
-from engine.db import Base
+from engine.db import Base, throwaway_postgres_database
 from tests import flow_coverage
 from workflows.demo import DEMO_PASSWORD, create_demo_users
 from workflows.pathways import BUNDLED_DIAGRAMS
@@ -56,7 +56,7 @@ def _databases(tmp_path_factory):
     databases live here and `database_url` only picks one.
     """
     urls: dict[str, str] = {}
-    drops: list[tuple] = []
+    databases = contextlib.ExitStack()
     unreachable: list[bool] = []
 
     def get(kind: str) -> str:
@@ -71,21 +71,13 @@ def _databases(tmp_path_factory):
                 if os.environ.get("CI") == "true":
                     pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
                 pytest.skip("PostgreSQL is not reachable")
-            name = f"camins_test_{worker_tag()}_{uuid.uuid4().hex[:10]}"
-            admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            drops.append((admin, name))
-            url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
+            url = databases.enter_context(throwaway_postgres_database(PG_SERVER, f"test_{worker_tag()}"))
             _prepare(url)
         urls[kind] = url
         return url
 
-    yield get
-    for admin, name in drops:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with databases:
+        yield get
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -116,6 +108,14 @@ def _empty_tables(url: str) -> None:
 
 def _has_sqlite_sequence(conn) -> bool:
     return conn.execute(text("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'")).first() is not None
+
+
+def require_postgres() -> None:
+    """Skip when the test server is down, or fail in CI (CI=true), where PostgreSQL tests must run."""
+    if not _pg_reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
+        pytest.skip("PostgreSQL is not reachable")
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -39,18 +38,19 @@ from uuid import UUID
 import pytest
 import requests
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from urllib3.exceptions import NewConnectionError
 
 from engine import clock
 from engine.bundle import BundleFile
 from engine.clock import SystemClock
+from engine.db import throwaway_postgres_database
 from engine.models import HistoryEvent, HumanTask, Incident, Instance, Outbox
 from workflows.demo import DEMO_PASSWORD, DEMO_USERS, notify, principal
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
-from .conftest import PG_SERVER, _pg_reachable
+from .conftest import PG_SERVER, require_postgres
 from .processes import start_server
 
 # Starts servers or workers as subprocesses: under pytest-xdist, on one worker with the others that do.
@@ -104,31 +104,21 @@ FORM = json.dumps({"type": "default", "id": "Form_pas", "schemaVersion": 16, "co
 @pytest.fixture(scope="module")
 def pg_url():
     """A throw-away PostgreSQL database with the schema and the few demo users this module needs."""
-    if not _pg_reachable():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
-        pytest.skip("PostgreSQL is not reachable")
+    require_postgres()
     # The server subprocess runs on the system clock: so does everything prepared here.
     previous = clock.get_clock()
     clock.set_clock(SystemClock())
-    name = f"camins_crash_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
     try:
-        camins = Camins(url)
-        camins.upgrade_schema()
-        wanted = {"notificant.escola", *(f"{p}.{t}" for t in TOWNS.values() for p in ("ts", "coord"))}
-        for username, role, unit in DEMO_USERS:
-            if username in wanted:
-                camins.create_user(username, DEMO_PASSWORD, [(role, unit)], full_name=username)
-        camins.close()
-        yield url
+        with throwaway_postgres_database(PG_SERVER, "crash") as url:
+            camins = Camins(url)
+            camins.upgrade_schema()
+            wanted = {"notificant.escola", *(f"{p}.{t}" for t in TOWNS.values() for p in ("ts", "coord"))}
+            for username, role, unit in DEMO_USERS:
+                if username in wanted:
+                    camins.create_user(username, DEMO_PASSWORD, [(role, unit)], full_name=username)
+            camins.close()
+            yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
         clock.set_clock(previous)
 
 

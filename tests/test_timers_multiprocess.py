@@ -11,11 +11,9 @@ timer or by its task, never both, never neither, nothing written twice, no incid
 """
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from datetime import timedelta
 
@@ -25,11 +23,13 @@ from sqlalchemy import create_engine, func, select, text
 from engine import clock
 from engine.bundle import BundleFile
 from engine.clock import FileClock
+from engine.db import throwaway_postgres_database
 from engine.models import HistoryEvent, HumanTask, Incident, Instance, Timer
+from tasks.bench.timers import review_within_an_hour
 from workflows.orgunits import find_unit
 from workflows.service import Camins
 
-from .conftest import PG_SERVER, START, Http, _pg_reachable, _prepare
+from .conftest import PG_SERVER, START, Http, _prepare, require_postgres
 from .processes import start_server, start_worker
 
 # Starts servers or workers as subprocesses: under pytest-xdist, on one worker with the others that do.
@@ -52,58 +52,16 @@ DRAIN_SECONDS = 300
 FORM = b"""{"type": "default", "id": "Form_revisar", "schemaVersion": 16, "components": [
  {"type": "textfield", "key": "nota", "label": "Nota", "id": "Field_nota", "validate": {"required": true}}]}"""
 
-DIAGRAM = f"""<?xml version="1.0" encoding="UTF-8"?>
-<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
-  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-  xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" id="defs_espera" targetNamespace="http://camins">
-  <bpmn:collaboration id="collab"><bpmn:participant id="pool" processRef="{PROCESS_KEY}" /></bpmn:collaboration>
-  <bpmn:process id="{PROCESS_KEY}" name="Revisar abans d'una hora" isExecutable="true">
-    <bpmn:laneSet id="lanes"><bpmn:lane id="lane_ts" name="Treballador/a social">
-      <bpmn:flowNodeRef>inici</bpmn:flowNodeRef><bpmn:flowNodeRef>revisar</bpmn:flowNodeRef>
-      <bpmn:flowNodeRef>una_hora</bpmn:flowNodeRef><bpmn:flowNodeRef>fi_revisat</bpmn:flowNodeRef>
-      <bpmn:flowNodeRef>fi_vencut</bpmn:flowNodeRef></bpmn:lane></bpmn:laneSet>
-    <bpmn:startEvent id="inici"><bpmn:outgoing>f1</bpmn:outgoing></bpmn:startEvent>
-    <bpmn:userTask id="revisar" name="Revisar">
-      <bpmn:extensionElements><spiffworkflow:properties>
-        <spiffworkflow:property name="form" value="forms/revisar.form" />
-      </spiffworkflow:properties></bpmn:extensionElements>
-      <bpmn:incoming>f1</bpmn:incoming><bpmn:outgoing>f2</bpmn:outgoing>
-    </bpmn:userTask>
-    <bpmn:boundaryEvent id="una_hora" name="Una hora" attachedToRef="revisar" cancelActivity="true">
-      <bpmn:outgoing>f3</bpmn:outgoing>
-      <bpmn:timerEventDefinition id="ted_una_hora">
-        <bpmn:timeDuration xsi:type="bpmn:tFormalExpression">"PT1H"</bpmn:timeDuration>
-      </bpmn:timerEventDefinition>
-    </bpmn:boundaryEvent>
-    <bpmn:endEvent id="fi_revisat"><bpmn:incoming>f2</bpmn:incoming></bpmn:endEvent>
-    <bpmn:endEvent id="fi_vencut"><bpmn:incoming>f3</bpmn:incoming></bpmn:endEvent>
-    <bpmn:sequenceFlow id="f1" sourceRef="inici" targetRef="revisar" />
-    <bpmn:sequenceFlow id="f2" sourceRef="revisar" targetRef="fi_revisat" />
-    <bpmn:sequenceFlow id="f3" sourceRef="una_hora" targetRef="fi_vencut" />
-  </bpmn:process>
-</bpmn:definitions>
-"""
+DIAGRAM = review_within_an_hour(PROCESS_KEY, "Revisar abans d'una hora")
 
 
 @pytest.fixture(scope="module")
 def pg_url():
     """A throw-away PostgreSQL database for this module only (the race needs row locks and SKIP LOCKED)."""
-    if not _pg_reachable():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} and CI=true")
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"camins_timers_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
+    require_postgres()
+    with throwaway_postgres_database(PG_SERVER, "timers") as url:
         _prepare(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
+from engine.db import throwaway_postgres_database
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
@@ -79,21 +78,12 @@ class BenchRun:
             try:
                 yield url
             finally:
-                for suffix in ("", "-wal", "-shm"):
+                for suffix in ("", "-wal", "-shm", "-writer.lock"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
             return
-        name = f"camins_bench_{label}_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(self.database, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = self.database.rsplit("/", 1)[0] + "/" + name
-        try:
+        with throwaway_postgres_database(self.database, f"bench_{label}") as url:
             _upgrade(url)
             yield url
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
 
     def camins(self, url: str, deploy: bool = True, users: bool = True) -> Camins:
         """The service on `url`, with the bundled pathways and the demo users."""

@@ -76,12 +76,19 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 FORM = b"""{"type": "default", "id": "Form_revisar", "schemaVersion": 16, "components": [
  {"type": "textfield", "key": "nota", "label": "Nota", "id": "Field_nota"}]}"""
 
-DIAGRAM = f"""<?xml version="1.0" encoding="UTF-8"?>
+
+def review_within_an_hour(process_key: str, name: str) -> str:
+    """A diagram with one user task, `revisar`, and a one-hour interrupting timer `termini` on it.
+
+    The timer benchmark fires its timers; tests/test_timers_multiprocess.py races them against workers.
+    """
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
   xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-  xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" id="defs_bench" targetNamespace="http://camins">
-  <bpmn:collaboration id="collab"><bpmn:participant id="pool" processRef="{PROCESS_KEY}" /></bpmn:collaboration>
-  <bpmn:process id="{PROCESS_KEY}" name="Revisar abans del termini" isExecutable="true">
+  xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" id="defs_{process_key}"
+  targetNamespace="http://camins">
+  <bpmn:collaboration id="collab"><bpmn:participant id="pool" processRef="{process_key}" /></bpmn:collaboration>
+  <bpmn:process id="{process_key}" name="{name}" isExecutable="true">
     <bpmn:laneSet id="lanes"><bpmn:lane id="lane_ts" name="Treballador/a social">
       <bpmn:flowNodeRef>inici</bpmn:flowNodeRef><bpmn:flowNodeRef>revisar</bpmn:flowNodeRef>
       <bpmn:flowNodeRef>termini</bpmn:flowNodeRef><bpmn:flowNodeRef>fi_revisat</bpmn:flowNodeRef>
@@ -107,6 +114,9 @@ DIAGRAM = f"""<?xml version="1.0" encoding="UTF-8"?>
   </bpmn:process>
 </bpmn:definitions>
 """
+
+
+DIAGRAM = review_within_an_hour(PROCESS_KEY, "Revisar abans del termini")
 
 _TABLES = (Instance.__table__, HumanTask.__table__, Timer.__table__, HistoryEvent.__table__)
 
