@@ -92,6 +92,9 @@ _STEP_ATTEMPTS = 5
 _STATUS_AFTER_ACT = {"cancel": "cancelled", "suspend": "suspended"}
 # All that a suspended instance accepts: nothing else moves it until it is resumed.
 _WHILE_SUSPENDED = ("resume", "cancel")
+# A person's acts on an instance: on one not yet advanced they do not advance it first (they are refused,
+# or cancel it where it is), so an act never opens an incident of the start.
+_ACTS = ("cancel", "suspend", "resume", "skip", "return")
 
 _current_step: ContextVar[StepContext] = ContextVar("_current_step")
 
@@ -754,7 +757,7 @@ class Engine:
         ctx = StepContext(session, instance, actor, cached, task_row=task_row)
         token = _current_step.set(ctx)
         try:
-            if instance.status == "created" and action["kind"] not in ("advance", "cancel"):
+            if instance.status == "created" and action["kind"] not in ("advance", *_ACTS):
                 # A new instance has not reached its first wait state (e.g. a message start) yet.
                 self._run_engine(workflow, ctx)
             self._apply(workflow, action, ctx)

@@ -7,6 +7,7 @@ does not exist.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -211,6 +212,27 @@ def test_a_suspended_instance_can_be_cancelled(http, camins):
     _reference, instance_id = investigation(http)
     assert act(http, SUPERVISOR, instance_id, "suspend").status_code == 200
     assert act(http, SUPERVISOR, instance_id, "cancel").json()["instance_status"] == "cancelled"
+
+
+def test_acts_on_a_completed_instance_are_conflicts(http, camins):
+    reference, _instance_id = investigation(http)
+    detection = instance_of(http, reference, "deteccio")  # it ended when the investigation began
+    assert detection["status"] == "completed"
+    for name, body in (("suspend", {}), ("resume", {}), ("cancel", {}),
+                       ("move", {"return_to_element": "registre_notificacio"})):
+        refused = act(http, SUPERVISOR, detection["id"], name, **body)
+        assert refused.status_code == 409 and "completed" in refused.json()["detail"], name
+    assert history(http, reference, "instance_suspended") == history(http, reference, "instance_cancelled") == []
+
+
+def test_two_supervisors_suspending_at_once_one_wins(http, camins):
+    reference, instance_id = investigation(http)
+    http.login(SUPERVISOR), http.login("cap.llevant")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda user: act(http, user, instance_id, "suspend").status_code,
+                                [SUPERVISOR, "cap.llevant"]))
+    assert sorted(answers) == [200, 409]
+    assert len(history(http, reference, "instance_suspended")) == 1
 
 
 # ------------------------------------------------------------------------------------ move a token
