@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
 
@@ -114,6 +114,8 @@ class TaskDetail(TaskSummary):
     legal_basis = fields.String(allow_none=True)
     child = fields.Nested(ChildView)
     candidates = fields.List(fields.String())
+    instance_suspended = fields.Boolean(metadata={
+        "description": "its instance is suspended: the task can be neither claimed nor completed until it is resumed"})
 
 
 class CompleteRequest(StrictSchema):
@@ -126,8 +128,66 @@ class CompleteResponse(Schema):
     instance_status = fields.String()
 
 
+def _act_reason() -> fields.String:
+    return fields.String(required=True, validate=validate.Length(min=1, max=2000), metadata={
+        "description": "why (required, at most 2000 characters, blank is refused): kept in the case's history "
+                       "with who acted and when, never in the application log"})
+
+
 class ReassignRequest(StrictSchema):
-    username = fields.String(required=True, allow_none=True, validate=validate.Length(min=1, max=100))
+    username = fields.String(required=True, allow_none=True, validate=validate.Length(min=1, max=100), metadata={
+        "description": "a candidate of the task's queue (its role in its territory); null gives it back to the queue"})
+    reason = _act_reason()
+
+
+class BulkReassignRequest(ReassignRequest):
+    task_ids = fields.List(fields.String(validate=validate.Length(min=1, max=100)), required=True,
+                           validate=validate.Length(min=1, max=200),
+                           metadata={"description": "1 to 200 task ids; each is reassigned on its own"})
+
+
+class BulkReassignItem(Schema):
+    task_id = fields.String(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(["reassigned", "refused", "not_found"]),
+                            metadata={"description": "not_found also for a task the caller may not see"})
+    assignee = fields.String(allow_none=True, metadata={"description": "who has it now (reassigned only)"})
+    detail = fields.String(metadata={"description": "why it was refused"})
+
+
+class BulkReassignResponse(Schema):
+    reassigned = fields.Integer(required=True)
+    refused = fields.Integer(required=True, metadata={"description": "refused or not found"})
+    items = fields.List(fields.Nested(BulkReassignItem), required=True,
+                        metadata={"description": "one per distinct task id, in the order given"})
+
+
+class ActRequest(StrictSchema):
+    reason = _act_reason()
+
+
+class MoveRequest(ActRequest):
+    skip_task_id = fields.UUID(metadata={
+        "description": "an open user task of this instance, passed without its form: the pathway goes on from it"})
+    return_to_element = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "the element id of a user task completed earlier in this instance: its latest completion "
+                       "is undone and it opens again; the tasks, timers and messages after it are abandoned"})
+
+    @validates_schema
+    def _one_move(self, data, **_kwargs):
+        if ("skip_task_id" in data) == ("return_to_element" in data):
+            raise ValidationError("give either skip_task_id or return_to_element")
+
+
+class ActResponse(Schema):
+    instance_id = fields.Integer(required=True)
+    instance_status = fields.String(required=True, metadata={
+        "enum": ["running", "suspended", "completed", "cancelled"]})
+    version = fields.Integer(metadata={"description": "the instance's version after the act"})
+
+
+class RetryRequest(StrictSchema):
+    reason = fields.String(validate=validate.Length(min=1, max=2000), metadata={
+        "description": "why it is retried (optional; blank is refused): kept in the case's history"})
 
 
 class HistoryItem(Schema):

@@ -16,6 +16,10 @@ class Conflict(EngineError):
     """A lost race or a state that no longer allows the action (HTTP 409)."""
 
 
+class InstanceSuspended(Conflict):
+    """The instance is suspended: nothing moves it but a resume or a cancel (HTTP 409)."""
+
+
 class Rejected(EngineError):
     """The request is well-formed but not acceptable (HTTP 422)."""
 

@@ -20,6 +20,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDefinition
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
+from SpiffWorkflow.exceptions import TaskNotFoundException
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from . import clock
 from .bundle import BundleFile, CompiledBundle, compile_bundle
 from .durations import add_duration
-from .errors import Conflict, IncidentOpened, NotFound, Rejected
+from .errors import Conflict, IncidentOpened, InstanceSuspended, NotFound, Rejected
 from .hooks import EngineHooks
 from .models import (
     Definition,
@@ -87,10 +88,21 @@ class _StaleVersion(Conflict):
 # A step that loses the race for its instance's version is run again this many times in all.
 _STEP_ATTEMPTS = 5
 
+# Acts that leave the instance in a status of their own; the engine does not run after them.
+_STATUS_AFTER_ACT = {"cancel": "cancelled", "suspend": "suspended"}
+# All that a suspended instance accepts: nothing else moves it until it is resumed.
+_WHILE_SUSPENDED = ("resume", "cancel")
+# A person's acts on an instance: on one not yet advanced they do not advance it first (they are refused,
+# or cancel it where it is), so an act never opens an incident of the start.
+_ACTS = ("cancel", "suspend", "resume", "skip", "return")
+
 _current_step: ContextVar[StepContext] = ContextVar("_current_step")
 
 # A caller's checks on a completion, run inside its step: (session, task row) → the data to complete with.
 CompletionCheck = Callable[[object, object], dict]
+# A caller's checks on an act (suspend, move a token, reassign, ...), run inside its transaction before
+# anything is told about the state: (session, the locked instance row or the task) → None, or raises.
+ActCheck = Callable[[object, object], None]
 
 
 def _failure_message(err: Exception) -> str:
@@ -119,6 +131,21 @@ def _waits_for_timer(task) -> bool:
 
 def _message_definitions(task) -> list[MessageEventDefinition]:
     return [d for d in _event_definitions(task) if isinstance(d, MessageEventDefinition)]
+
+
+def _reset_to(workflow: BpmnWorkflow, target) -> None:
+    """Make `target` ready again and drop every task after it."""
+    removed = workflow.reset_from_task_id(target.id)
+    # SpiffWorkflow 3.2 leaves the dropped tasks that waited for an event in the event manager, where the
+    # next refresh of timers finds them without a parent.
+    for task in removed:
+        workflow.event_manager.remove_task(task)
+
+
+def _is_user_task(cached: CachedSpec, element_id: str) -> bool:
+    specs = [cached.spec, *cached.subprocess_specs.values()]
+    return any(getattr(t, "bpmn_id", None) == element_id and t.manual for spec in specs
+               for t in spec.task_specs.values())
 
 
 _REACHED = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING | TaskState.STARTED
@@ -439,6 +466,10 @@ class Engine:
                 if owner or self._is_owned(session, source_instance_id):
                     # An owned process answers only the chain that started it.
                     waiting = owner
+            if waiting and session.scalar(select(Instance.id).where(Instance.id.in_(waiting),
+                                                                    Instance.status == "suspended").limit(1)):
+                raise InstanceSuspended(f"the pathway waiting for message '{name}' is suspended; "
+                                        "send it again once it is resumed")
             starters = [] if waiting else self._message_start_definitions(session, name)
         action = {"kind": "message", "name": name, "payload": payload}
         if outbox_id is not None:
@@ -516,6 +547,8 @@ class Engine:
                 select(Timer.id)
                 .where(Timer.status == "waiting", Timer.due_at < now)  # Spiff fires strictly after due
                 .where((Timer.lease_until.is_(None)) | (Timer.lease_until < now))
+                # Deferred while their instance is suspended: its resume fires what fell due meanwhile.
+                .where(Timer.instance_id.not_in(select(Instance.id).where(Instance.status == "suspended")))
                 .order_by(Timer.due_at)
                 .limit(limit)
             )
@@ -571,7 +604,9 @@ class Engine:
             return session.scalar(select(func.min(Timer.due_at)).where(Timer.status == "waiting"))
 
     # ---------------------------------------------------------------- incidents
-    def retry_incident(self, incident_id: int, actor: str | None) -> StepResult:
+    def retry_incident(self, incident_id: int, actor: str | None, reason: str | None = None,
+                       check: ActCheck | None = None) -> StepResult:
+        """Replay the failed action of an open incident; `reason` goes to the history with the resolution."""
         with self.db.read() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
@@ -582,8 +617,50 @@ class Engine:
             instance_id = incident.instance_id
         action["incident_id"] = incident_id
         action["retried_by"] = actor
+        if reason is not None:
+            action["retry_reason"] = reason
         # The step acts for whoever made the original request; history records the retry.
-        return self._step(instance_id, action, action.pop("actor", None) or actor)
+        return self._step(instance_id, action, action.pop("actor", None) or actor, check)
+
+    # -------------------------------------------------------------------- acts
+    # A person's decisions about an instance, each one step with its reason in the history. `check`
+    # (see ActCheck) runs on the locked instance before anything else.
+    def suspend(self, instance_id: int, actor: str, reason: str, check: ActCheck | None = None) -> StepResult:
+        """Stop a running instance where it is: until it is resumed, its tasks cannot be claimed or
+        completed, its timers wait and messages for it are refused (or held, when another pathway threw them)."""
+        return self._step(instance_id, {"kind": "suspend", "reason": reason}, actor, check)
+
+    def resume(self, instance_id: int, actor: str, reason: str, check: ActCheck | None = None) -> StepResult:
+        """Run a suspended instance again: the timers that fell due meanwhile fire in this step, and the
+        messages held for its case are delivered after it."""
+        result = self._step(instance_id, {"kind": "resume", "reason": reason}, actor, check)
+        self._deliver_held_messages(instance_id)
+        return result
+
+    def cancel(self, instance_id: int, actor: str, reason: str, check: ActCheck | None = None) -> StepResult:
+        """End an instance where it is, with the instances of owned processes its chain started."""
+        return self._step(instance_id, {"kind": "cancel", "reason": reason}, actor, check)
+
+    def skip_task(self, instance_id: int, task_id: str, actor: str, reason: str,
+                  check: ActCheck | None = None) -> StepResult:
+        """Pass a ready user task without its form; the instance goes on from there."""
+        return self._step(instance_id, {"kind": "skip", "task_id": task_id, "reason": reason}, actor, check)
+
+    def return_to(self, instance_id: int, element_id: str, actor: str, reason: str,
+                  check: ActCheck | None = None) -> StepResult:
+        """Take the token back to the latest completed task of a user-task element, which opens again;
+        whatever came after it is abandoned."""
+        return self._step(instance_id, {"kind": "return", "element_id": element_id, "reason": reason}, actor,
+                          check)
+
+    def _deliver_held_messages(self, instance_id: int) -> None:
+        with self.db.read() as session:
+            business_key = session.scalar(select(Instance.business_key).where(Instance.id == instance_id))
+            held = list(session.scalars(select(Outbox.id).where(Outbox.status == "pending",
+                                                                Outbox.business_key == business_key)
+                                        .order_by(Outbox.id)))
+        for outbox_id in held:
+            self.deliver_outbox(outbox_id)
 
     # ---------------------------------------------------------- task ownership
     def claim(self, task_id: str, user: str, actor: str | None = None) -> None:
@@ -600,20 +677,37 @@ class Engine:
                           detail={"task_id": task_id}, instance_id=task.instance_id,
                           business_key=task.business_key)
 
-    def reassign(self, task_id: str, user: str | None, actor: str) -> None:
-        self._set_assignee(task_id, user, actor, expect_unassigned=False, event="task_reassigned")
+    def reassign(self, task_id: str, user: str | None, actor: str, reason: str | None = None,
+                 check: ActCheck | None = None) -> None:
+        """Give an open task to `user` (None: back to its queue). `check(session, task)` runs first, in
+        the same transaction: the caller's authorization, before anything about the task's state is told."""
+        self._set_assignee(task_id, user, actor, expect_unassigned=False, event="task_reassigned", reason=reason,
+                           check=check)
 
-    def _open_task(self, session, task_id: str) -> HumanTask:
+    def _open_task(self, session, task_id: str, check: ActCheck | None = None) -> HumanTask:
         task = session.get(HumanTask, task_id)
         if task is None:
             raise NotFound("task not found")
+        if check is not None:
+            check(session, task)
         if task.state != _OPEN:
             raise Conflict(f"the task is already {task.state}")
         return task
 
-    def _set_assignee(self, task_id, user, actor, expect_unassigned: bool, event: str) -> None:
+    @staticmethod
+    def _refuse_if_suspended(session, instance_id: int) -> None:
+        # FOR SHARE on PostgreSQL: a suspension cannot commit between this read and the caller's write.
+        status = session.scalar(select(Instance.status).where(Instance.id == instance_id)
+                                .with_for_update(read=True))
+        if status == "suspended":
+            raise InstanceSuspended("the instance is suspended")
+
+    def _set_assignee(self, task_id, user, actor, expect_unassigned: bool, event: str, reason: str | None = None,
+                      check: ActCheck | None = None) -> None:
         with self.db.write() as session:
-            task = self._open_task(session, task_id)
+            task = self._open_task(session, task_id, check)
+            if expect_unassigned:
+                self._refuse_if_suspended(session, task.instance_id)
             if user is not None and task.distinct_from_user == user:
                 raise Rejected("four eyes: this task must go to someone other than whoever completed "
                                "the earlier task")
@@ -628,9 +722,11 @@ class Engine:
                                      .values(assignee=user, claimed_at=clock.now() if user else None))
             if result.rowcount != 1:
                 raise Conflict("the task changed meanwhile; reload it")
-            self._history(session, None, actor, event, element_id=task.element_id,
-                          detail={"task_id": task_id, "assignee": user}, instance_id=task.instance_id,
-                          business_key=task.business_key)
+            detail = {"task_id": task_id, "assignee": user}
+            if reason is not None:
+                detail["reason"] = reason
+            self._history(session, None, actor, event, element_id=task.element_id, detail=detail,
+                          instance_id=task.instance_id, business_key=task.business_key)
 
     # --------------------------------------------------------------- the step
     def _step(self, instance_id: int | None, action: dict, actor: str | None,
@@ -654,8 +750,12 @@ class Engine:
                                                                     {"instance_id": instance_id}).first()
                         if instance is None:
                             raise NotFound("instance not found")
+                        if check is not None and task_row is None:
+                            check(session, instance)  # an act's authorization, before its state is told
                         if instance.status in ("completed", "cancelled"):
                             raise Conflict(f"the instance is {instance.status}")
+                        if instance.status == "suspended" and action["kind"] not in _WHILE_SUSPENDED:
+                            raise InstanceSuspended("the instance is suspended")
                         result = self._step_in(session, instance, action, actor, task_row)
                     break
                 except _StaleVersion:
@@ -684,11 +784,11 @@ class Engine:
         ctx = StepContext(session, instance, actor, cached, task_row=task_row)
         token = _current_step.set(ctx)
         try:
-            if instance.status == "created" and action["kind"] not in ("advance", "cancel"):
+            if instance.status == "created" and action["kind"] not in ("advance", *_ACTS):
                 # A new instance has not reached its first wait state (e.g. a message start) yet.
                 self._run_engine(workflow, ctx)
             self._apply(workflow, action, ctx)
-            if action["kind"] != "cancel":
+            if action["kind"] not in _STATUS_AFTER_ACT:
                 self._run_engine(workflow, ctx)
         finally:
             _current_step.reset(token)
@@ -697,8 +797,7 @@ class Engine:
         # Take the thrown messages out before serializing, or the saved state would throw them again.
         thrown = workflow.get_events()
         after = TaskSnapshot.of(workflow)
-        status = "cancelled" if action["kind"] == "cancel" else \
-            "completed" if workflow.is_completed() else "running"
+        status = _STATUS_AFTER_ACT.get(action["kind"]) or ("completed" if workflow.is_completed() else "running")
         new_tasks = [t for task_id, t in after.reached.items() if task_id not in before.reached]
         new_version = instance.version + 1
         result = session.connection().execute(_SAVE_INSTANCE, {
@@ -725,13 +824,16 @@ class Engine:
             session.execute(update(Incident).where(Incident.id == action["incident_id"])
                             .values(status="resolved", resolved_at=now, resolved_by=action.get("retried_by", actor)))
             self._history(session, instance, action.get("retried_by", actor), "incident_resolved",
-                          detail={"incident_id": action["incident_id"]})
+                          detail={"incident_id": action["incident_id"], "reason": action.get("retry_reason")})
         if "outbox_id" in action:
             session.execute(update(Outbox).where(Outbox.id == action["outbox_id"])
                             .values(status="delivered", delivered_at=now, target_instance_id=instance.id))
         if status == "completed":
             self._history(session, instance, actor, "instance_completed")
             self.hooks.on_instance_ended(session, instance)
+            self._cancel_owned_descendants(session, instance, actor)
+        elif status == "cancelled" and owns_history_buffer:
+            # Cancelled by a person, not as a descendant of another instance (whose step walks the whole chain).
             self._cancel_owned_descendants(session, instance, actor)
         _flush_history(session)
         if owns_history_buffer:
@@ -752,7 +854,7 @@ class Engine:
             children = session.scalars(select(Instance).where(Instance.parent_instance_id.in_(frontier),
                                                               Instance.process_key.in_(owned))).all()
             for child in children:
-                if child.status in ("created", "running"):
+                if child.status in ("created", "running", "suspended"):
                     self._step_in(session, child, {"kind": "cancel", "reason": f"instance {instance.id} ended"},
                                   actor)
             frontier = [c.id for c in children]
@@ -766,6 +868,23 @@ class Engine:
         if kind == "cancel":
             workflow.cancel()
             ctx.history.append({"event": "instance_cancelled", "detail": {"reason": action.get("reason")}})
+            return
+        if kind == "suspend":
+            if ctx.instance.status != "running":
+                raise Conflict(f"only a running instance can be suspended; this one is {ctx.instance.status}")
+            ctx.history.append({"event": "instance_suspended", "detail": {"reason": action["reason"]}})
+            return
+        if kind == "resume":
+            if ctx.instance.status != "suspended":
+                raise Conflict("the instance is not suspended")
+            ctx.history.append({"event": "instance_resumed", "detail": {"reason": action["reason"]}})
+            self._fire_due_timers(workflow, ctx)
+            return
+        if kind == "skip":
+            self._skip(workflow, action, ctx)
+            return
+        if kind == "return":
+            self._return(workflow, action, ctx)
             return
         if kind == "complete":
             task = workflow.get_task_from_id(UUID(action["task_id"]))
@@ -814,6 +933,71 @@ class Engine:
                                            "worker": action["owner"]}})
             return
         raise ValueError(f"unknown action {kind}")
+
+    def _fire_due_timers(self, workflow: BpmnWorkflow, ctx: StepContext) -> None:
+        """Fire every timer of the instance that is due (those deferred while it was suspended)."""
+        waiting = [t for t in TaskSnapshot.of(workflow).waiting if _waits_for_timer(t)]
+        if not waiting:
+            return
+        try:
+            workflow.refresh_timers()
+        except Exception as err:
+            raise _DiagramFailure(err, None) from err
+        for task in waiting:
+            if task.state != TaskState.WAITING:
+                ctx.history.append({"event": "timer_fired", "element_id": task.task_spec.bpmn_id,
+                                    "detail": {"timer_id": str(task.id), "on": "resume"}})
+
+    def _skip(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
+        try:
+            task = workflow.get_task_from_id(UUID(action["task_id"]))
+        except TaskNotFoundException:
+            task = None
+        if task is None or task.state != TaskState.READY or not task.task_spec.manual:
+            raise Conflict("only an open user task of this instance can be skipped")
+        skipped = ctx.session.connection().execute(
+            update(_TASKS).where(_TASKS.c.id == action["task_id"], _TASKS.c.state == _OPEN)
+            .values(state="skipped", completed_at=clock.now(), completed_by=ctx.actor))
+        if skipped.rowcount != 1:
+            raise Conflict("the task is no longer open")
+        bpmn_id = task.task_spec.bpmn_id
+        self._move_on(workflow, ctx, f"skipping '{bpmn_id}'", task.run)
+        # The token left the element: what the diagram ties to its end (legal clocks) happens as on completion.
+        ctx.completed_elements.append(bpmn_id)
+        ctx.history.append({"event": "task_skipped", "element_id": bpmn_id,
+                            "detail": {"task_id": action["task_id"], "reason": action["reason"]}})
+
+    def _return(self, workflow: BpmnWorkflow, action: dict, ctx: StepContext) -> None:
+        element_id = action["element_id"]
+        if element_id not in ctx.cached.elements:
+            raise Rejected(f"the pathway has no element '{element_id}'")
+        if not _is_user_task(ctx.cached, element_id):
+            raise Rejected(f"'{element_id}' is not a user task: a token returns only to a user task")
+        done = [t for t in _all_tasks(workflow)
+                if t.state == TaskState.COMPLETED and getattr(t.task_spec, "bpmn_id", None) == element_id]
+        if not done:
+            raise Conflict(f"'{element_id}' has not been completed in this instance: there is nothing to return to")
+        target = max(done, key=lambda t: t.last_state_change)
+        left = sorted(TaskSnapshot.of(workflow).active_elements)
+        # The task opens again under its own id, so the row of its completion is kept under another.
+        ctx.session.connection().execute(
+            update(_TASKS).where(_TASKS.c.id == str(target.id))
+            .values(id=str(uuid5(target.id, f"returned at version {ctx.instance.version}"))))
+        self._move_on(workflow, ctx, f"returning to '{element_id}'", lambda: _reset_to(workflow, target))
+        ctx.history.append({"event": "token_moved", "element_id": element_id,
+                            "detail": {"from": left, "task_id": str(target.id), "reason": action["reason"]}})
+
+    def _move_on(self, workflow: BpmnWorkflow, ctx: StepContext, what: str, move: Callable[[], object]) -> None:
+        """Move the token and run the engine from there. A failure refuses the act (nothing is written)
+        rather than opening an incident: a retry would replay the same move into the same failure."""
+        try:
+            move()
+            self._run_engine(workflow, ctx)
+        except _DiagramFailure as failure:
+            raise Rejected(f"{what} leaves the pathway unable to go on: {_failure_message(failure.error)}") \
+                from None
+        except Exception as err:
+            raise Rejected(f"{what} leaves the pathway unable to go on: {_failure_message(err)}") from None
 
     def _check_claim(self, ctx: StepContext, task_id: str) -> None:
         """A completion that claims: the task must be unassigned or the actor's already.
@@ -1013,6 +1197,9 @@ class Engine:
                                   business_key=business_key, detail={"name": name, "outbox_id": outbox_id})
         except IncidentOpened:
             log.warning("message %s (outbox %s) opened an incident on delivery", name, outbox_id)
+        except InstanceSuspended:
+            # Stays pending: the receiver's resume delivers it (and the worker keeps trying meanwhile).
+            log.info("message %s (outbox %s) waits for a suspended instance", name, outbox_id)
 
     def deliver_pending_outbox(self, limit: int = 100) -> int:
         """Deliver messages whose sender crashed before delivering them."""
@@ -1026,7 +1213,7 @@ class Engine:
     # --------------------------------------------------------------- incidents
     def _record_incident(self, instance_id: int, action: dict, failure: _DiagramFailure, actor) -> int:
         message = _failure_message(failure.error)
-        stored_action = {k: v for k, v in action.items() if k not in ("incident_id", "retried_by")}
+        stored_action = {k: v for k, v in action.items() if k not in ("incident_id", "retried_by", "retry_reason")}
         stored_action["actor"] = actor
         with self.db.write() as session:
             instance = session.get(Instance, instance_id)

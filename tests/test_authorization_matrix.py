@@ -26,9 +26,9 @@ from sqlalchemy import delete, func, select
 
 from api import create_app
 from engine.bundle import BundleFile
-from engine.models import HumanTask, Incident
+from engine.models import HumanTask, Incident, Instance
 from workflows import security
-from workflows.demo import DEMO_PASSWORD, DEMO_USERS, principal
+from workflows.demo import DEMO_PASSWORD, DEMO_USERS, TASK_DATA, principal
 from workflows.models import AccessLog, ApiToken, Membership, User
 from workflows.roles import ANY, IMAS, ROLES, SYSTEM
 from workflows.service import NOTIFYING_ROLES, Camins
@@ -167,6 +167,13 @@ def _sees_clocks(body, user, reference):
     return None if shown == (SCOPE_OF[user] == "in") else f"case clocks shown: {shown}"
 
 
+def _bulk_outcome(body, user, _reference):
+    """The municipal queue task: reassigned by its director, refused to the section head, unseen elsewhere."""
+    wanted = {"coord.manacor": "reassigned", "cap.llevant": "refused"}.get(user, "not_found")
+    outcomes = [item["outcome"] for item in body["items"]]
+    return None if outcomes == [wanted] else f"bulk reassignment report {outcomes}, expected {[wanted]}"
+
+
 def case_rows() -> list[Row]:
     everyone_but_notifiers = USERS - {NOTIFIER}
     return [
@@ -186,7 +193,17 @@ def case_rows() -> list[Row]:
         Row("POST", "/api/definitions/validate", frozenset({ANALYST}), 200, 403),
         Row("POST", "/api/messages", KNOWS, 202, 404, {403: {NOTIFIER}}, logs="send_message"),
         Row("POST", "/api/incidents/{incident}/retry", SUPERVISORS | {ANALYST}, 200, 404,
-            {403: KNOWS - SUPERVISORS}, last=True),
+            {403: KNOWS - SUPERVISORS}, logs="retry_incident", last=True),
+        # Supervisors' acts: the case's supervisors; whoever else sees the instance gets 403.
+        *[Row("POST", f"/api/instances/{{{target}}}/{act}", SUPERVISORS, 200, 404,
+              {403: (KNOWS - SUPERVISORS) | {ANALYST}}, logs=logs, last=True)
+          for act, target, logs in (("suspend", "instance", "suspend_instance"),
+                                    ("resume", "instance", "resume_instance"),
+                                    ("move", "instance", "move_token"),
+                                    ("cancel", "cancellable", "cancel_instance"))],
+        # Any supervisor may ask; the report says what became of each task (see `_bulk_outcome`).
+        Row("POST", "/api/tasks/reassign", holding(*[code for code, role in ROLES.items() if role.supervisor]),
+            200, 403, logs="reassign_task", logs_for=frozenset({"coord.manacor"}), check=_bulk_outcome),
         Row("GET", "/api/clocks", holding(*[code for code, role in ROLES.items() if role.supervisor]), 200, 403,
             logs="list_clocks", logs_for=SUPERVISORS, check=_sees_clocks),
         Row("GET", "/api/access-log?case={ref}", frozenset({AUDITOR}), 200, 403, logs="read_access_log"),
@@ -207,7 +224,7 @@ def task_rows() -> list[Row]:
                 {409: (SUPERVISORS if assigned else sees)}, target=kind, logs="read_task"),
             # A supervisor directs the work of their own administration only.
             Row("POST", "/api/tasks/{task}/reassign", {director}, 200, 404, {403: sees - {director}},
-                target=kind, logs="read_task"),
+                target=kind, logs="reassign_task"),
             Row("POST", "/api/tasks/{task}/complete", {candidate}, 200, 404, {403: SUPERVISORS - {candidate}},
                 target=kind, logs="complete_task", last=True),
         ]
@@ -224,6 +241,7 @@ class World:
     tasks: dict = field(default_factory=dict)  # kind → task id
     forms: dict = field(default_factory=dict)  # kind → valid form data
     incidents: list = field(default_factory=list)
+    cancellable: list = field(default_factory=list)  # instances for the supervisors to cancel, one each
 
 
 def build_case(http, camins, monkeypatch) -> World:
@@ -255,6 +273,8 @@ def build_case(http, camins, monkeypatch) -> World:
         started = camins.start_instance(principal(camins, ANALYST), STARTED, world.ref, {})
         assert started["incident_id"] is not None
         world.incidents.append(started["incident_id"])
+    for _ in SUPERVISORS:  # stuck at their start by the failure: what a supervisor would cancel
+        world.cancellable.append(camins.start_instance(principal(camins, ANALYST), STARTED, world.ref, {})["id"])
     monkeypatch.undo()
     sign_in(http, camins, USERS)
     return world
@@ -273,6 +293,12 @@ def sign_in(http, camins, users) -> None:
         http.tokens[user] = mint_token(camins, user)
 
 
+def _cancellable(world: World) -> int | None:
+    with world.camins.db.read() as session:
+        return session.scalar(select(Instance.id).where(Instance.id.in_(world.cancellable),
+                                                        Instance.status != "cancelled").order_by(Instance.id))
+
+
 def _open_incident(world: World) -> int | None:
     with world.camins.db.read() as session:
         return session.scalar(select(Incident.id).where(Incident.id.in_(world.incidents),
@@ -281,13 +307,15 @@ def _open_incident(world: World) -> int | None:
 
 BODY_WITH_REF = ("/api/instances", "/api/messages")
 GHOST = {"ref": "EXP-2026-999999", "task": "00000000-0000-4000-8000-000000000000", "instance": "2147483646",
-         "incident": "2147483646"}
+         "incident": "2147483646", "cancellable": "2147483646"}
+ACT_REASON = "Motiu de la prova d'autorització."
 
 
 def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[requests.Response, dict]:
     """Send the row's request as `actor`; returns the response and the ids filled in."""
     ids = {"ref": world.ref, "instance": str(world.instance), "task": world.tasks.get(row.target, ""),
-           "incident": str(_open_incident(world)) if "{incident}" in row.path else ""}
+           "incident": str(_open_incident(world)) if "{incident}" in row.path else "",
+           "cancellable": str(_cancellable(world)) if "{cancellable}" in row.path else ""}
     if ghost:
         ids = GHOST
     path = row.path.format(**ids)
@@ -310,8 +338,16 @@ def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[r
         kwargs["files"] = [("files", ("prova.bpmn", STARTED_BUNDLE, "application/xml"))]
     elif row.path.endswith("/complete"):
         kwargs["json"] = {"data": world.forms[row.target]}
+    elif row.path == "/api/tasks/reassign":
+        kwargs["json"] = {"task_ids": [world.tasks["municipal queue"]], "username": None, "reason": ACT_REASON}
     elif row.path.endswith("/reassign"):
-        kwargs["json"] = {"username": ASSIGNED.get(row.target)}
+        kwargs["json"] = {"username": ASSIGNED.get(row.target), "reason": ACT_REASON}
+    elif row.path.startswith("/api/instances/{") and row.method == "POST":
+        kwargs["json"] = {"reason": ACT_REASON}
+        if row.path.endswith("/move"):
+            kwargs["json"]["return_to_element"] = "visita_domiciliaria"
+        if row.path.endswith("/resume") and not ghost and actor in row.allowed:
+            world.camins.engine.suspend(world.instance, "preparació", "per reprendre-la")
     if actor == FORGED_TOKEN:
         kwargs.setdefault("headers", {})["Authorization"] = "Bearer forged-" + "x" * 40
     user = actor if actor in USERS and "headers" not in kwargs else None
@@ -321,7 +357,15 @@ def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[r
 def _restore(world: World, row: Row, actor: str) -> None:
     """Undo a successful claim or unclaim so that the next cells see the task as it was."""
     task_id = world.tasks.get(row.target)
-    if row.path.endswith("/claim") and row.target not in ASSIGNED:
+    if row.path.endswith("/suspend"):
+        world.camins.engine.resume(world.instance, "restauració", "per a la cel·la següent")
+    elif row.path.endswith("/move"):  # back where it was: the home visit done, the reports open
+        with world.camins.db.read() as session:
+            visit = session.scalar(select(HumanTask.id).where(HumanTask.instance_id == world.instance,
+                                                              HumanTask.element_id == "visita_domiciliaria",
+                                                              HumanTask.state == "open"))
+        world.camins.engine.complete_task(visit, TASK_DATA["visita_domiciliaria"], "ts.manacor")
+    elif row.path.endswith("/claim") and row.target not in ASSIGNED:
         world.camins.engine.unclaim(task_id, actor)
     elif row.path.endswith("/unclaim"):
         world.camins.engine.claim(task_id, actor)
@@ -474,7 +518,8 @@ def test_a_professional_who_leaves_the_territory_loses_the_task_assigned_to_them
 
         # Still assigned to them: the coordinator sees it and gives it to a colleague in Manacor.
         assert case.view()["open_tasks"][0]["assignee"] == username
-        moved = http.post(f"/api/tasks/{task.id}/reassign", "coord.manacor", json={"username": "ts.manacor"})
+        moved = http.post(f"/api/tasks/{task.id}/reassign", "coord.manacor",
+                          json={"username": "ts.manacor", "reason": "Trasllat a Inca."})
         assert moved.status_code == 200 and moved.json()["assignee"] == "ts.manacor"
         done = http.post(f"/api/tasks/{task.id}/complete", "ts.manacor", json={"data": data})
         assert done.status_code == 200, done.text

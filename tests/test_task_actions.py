@@ -28,14 +28,17 @@ def test_claim_unclaim_and_reassign(http, camins):
     assert released.status_code == 200 and released.json()["assignee"] is None
 
     # Reassignment: only the supervisor of the territory, only to a candidate.
-    denied = http.post(f"/api/tasks/{task['id']}/reassign", "ts.sonservera", json={"username": "ts2.sonservera"})
+    why = "Càrrega de feina."
+    denied = http.post(f"/api/tasks/{task['id']}/reassign", "ts.sonservera",
+                       json={"username": "ts2.sonservera", "reason": why})
     assert denied.status_code == 403
     assert http.post(f"/api/tasks/{task['id']}/reassign", "coord.manacor",
-                     json={"username": "ts2.sonservera"}).status_code == 404
+                     json={"username": "ts2.sonservera", "reason": why}).status_code == 404
     not_candidate = http.post(f"/api/tasks/{task['id']}/reassign", "coord.sonservera",
-                              json={"username": "ts.manacor"})
+                              json={"username": "ts.manacor", "reason": why})
     assert not_candidate.status_code == 422 and "username" in not_candidate.json()["errors"]
-    moved = http.post(f"/api/tasks/{task['id']}/reassign", "coord.sonservera", json={"username": "ts2.sonservera"})
+    moved = http.post(f"/api/tasks/{task['id']}/reassign", "coord.sonservera",
+                      json={"username": "ts2.sonservera", "reason": why})
     assert moved.status_code == 200 and moved.json()["assignee"] == "ts2.sonservera"
     assert [t["id"] for t in inbox(http, "ts2.sonservera", reference)] == [task["id"]]
     assert inbox(http, "ts.sonservera", reference) == []

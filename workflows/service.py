@@ -42,6 +42,7 @@ from engine.models import (
 from engine.runtime import Engine
 
 from . import clocks, security
+from .acts import SupervisorActs
 from .forms import SubmissionInvalid, form_fields, validate_submission
 from .hooks import DomainHooks, case_facts
 from .models import (
@@ -86,8 +87,8 @@ class Page:
     per_page: int
 
 
-class Camins:
-    """One per process: the database, the engine and the domain rules."""
+class Camins(SupervisorActs):
+    """One per process: the database, the engine and the domain rules (supervisors' acts in acts.py)."""
 
     def __init__(self, database_url: str, script_time_limit: float = 1.0, hooks: DomainHooks | None = None):
         self.db = Database(database_url)
@@ -238,7 +239,7 @@ class Camins:
             total = session.scalar(select(func.count()).select_from(Definition))
             rows = session.scalars(query.offset((page - 1) * per_page).limit(per_page)).all()
             counts = dict(session.execute(select(Instance.definition_id, func.count())
-                                          .where(Instance.status.in_(("created", "running")))
+                                          .where(Instance.status.in_(("created", "running", "suspended")))
                                           .group_by(Instance.definition_id)).all())
             verdicts = _verdicts_of(session, rows)
             items = [dict(id=d.id, process_key=d.process_key, version=d.version, name=d.name, status=d.status,
@@ -424,14 +425,20 @@ class Camins:
     def get_task(self, principal: Principal, task_id: str) -> dict:
         with self.db.write() as session:
             task, case = self._visible_task(session, principal, task_id)
-            detail = self._task_summary(task)
-            detail["form"] = self._form_of(session, task)
-            detail["completed_by"] = task.completed_by
-            detail["legal_basis"] = (task.properties or {}).get("legal_basis")
-            detail["child"] = {"given_name": case.child_given_name, "family_name": case.child_family_name,
-                               "birth_date": case.child_birth_date}
-            detail["candidates"] = security.candidates(session, task.role, task.org_unit) if task.role else []
+            detail = self._task_detail(session, task, case)
             self._log_access(session, principal, case.reference, "read_task", f"task/{task_id}")
+        return detail
+
+    def _task_detail(self, session, task: HumanTask, case: Case) -> dict:
+        detail = self._task_summary(task)
+        detail["form"] = self._form_of(session, task)
+        detail["completed_by"] = task.completed_by
+        detail["legal_basis"] = (task.properties or {}).get("legal_basis")
+        detail["child"] = {"given_name": case.child_given_name, "family_name": case.child_family_name,
+                           "birth_date": case.child_birth_date}
+        detail["candidates"] = security.candidates(session, task.role, task.org_unit) if task.role else []
+        detail["instance_suspended"] = session.scalar(
+            select(Instance.status).where(Instance.id == task.instance_id)) == "suspended"
         return detail
 
     def _form_of(self, session, task: HumanTask) -> dict | None:
@@ -452,17 +459,6 @@ class Camins:
         with self.db.read() as session:
             self._visible_task(session, principal, task_id)
         self.engine.unclaim(task_id, principal.username)
-        return self.get_task(principal, task_id)
-
-    def reassign(self, principal: Principal, task_id: str, username: str | None) -> dict:
-        with self.db.read() as session:
-            task, case = self._visible_task(session, principal, task_id)
-            if not _directs(principal, case, task):
-                raise Forbidden("only a supervisor of the case's territory may reassign, and only the tasks "
-                                "of their own administration (municipal or IMAS)")
-            if username is not None and username not in security.candidates(session, task.role, task.org_unit):
-                raise Invalid({"username": [f"'{username}' does not hold role {task.role} in {task.org_unit}"]})
-        self.engine.reassign(task_id, username, principal.username)
         return self.get_task(principal, task_id)
 
     def complete(self, principal: Principal, task_id: str, data) -> dict:
@@ -723,22 +719,6 @@ class Camins:
                  "venciment": run.due_at.isoformat()}, "legal-clocks", parent_instance_id=run.instance_id)
             return instance.id
 
-    def retry_incident(self, principal: Principal, incident_id: int) -> dict:
-        _require_db_id(incident_id, "incident")
-        with self.db.read() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise NotFound("incident not found")
-            instance = session.get(Instance, incident.instance_id)
-            try:
-                case = self._case_for_process_work(session, principal, instance.business_key)
-            except NotFound:
-                raise NotFound("incident not found") from None
-            if not (principal.supervises(case) or principal.has_role("analyst")):
-                raise Forbidden("only supervisors and analysts may retry incidents")
-        result = self.engine.retry_incident(incident_id, principal.username)
-        return {"instance_id": result.instance_id, "instance_status": result.status}
-
 
 def _case_facts_errors(municipality: str, child: dict) -> tuple[object, dict[str, list[str]]]:
     """The municipality's unit, and what is wrong with the facts a new case is opened with."""
@@ -755,17 +735,6 @@ def _case_facts_errors(municipality: str, child: dict) -> tuple[object, dict[str
 def _with_overdue(summary: dict, now: datetime) -> dict:
     summary["overdue"] = bool(summary["due_at"] and summary["state"] == "open" and summary["due_at"] < now)
     return summary
-
-
-def _directs(principal: Principal, case: Case, task: HumanTask) -> bool:
-    """A supervisor directs the work of their own administration on the cases of their territory: an SSCB
-    coordinator the tasks of municipal roles, an IMAS section head the tasks of IMAS roles."""
-    role = ROLES.get(task.role or "")
-    if role is None:
-        return False
-    municipal = role.level == MUNICIPALITY
-    return any(ROLES[g.role].supervisor and principal.covers(g, case) and (ROLES[g.role].level == MUNICIPALITY)
-               == municipal for g in principal.grants)
 
 
 def _clock_view(run: ClockRun, now: datetime) -> dict:

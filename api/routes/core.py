@@ -1,8 +1,6 @@
 """The API's blueprints. Each view checks its input with a schema and calls the service."""
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -13,6 +11,8 @@ from engine.errors import Invalid
 from .. import schemas as s
 from ..auth import authenticated, camins
 from ..textguard import MESSAGE, unstorable
+from .acts import acts_blp
+from .documented import answers as _answers
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
 notifications_blp = Blueprint("notifications", __name__, url_prefix="/api/notifications",
@@ -31,20 +31,8 @@ access_log_blp = Blueprint("access_log", __name__, url_prefix="/api/access-log",
                            description="Who read or changed which case (auditors)")
 
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
-              incidents_blp, clocks_blp, access_log_blp]
+              incidents_blp, clocks_blp, access_log_blp, acts_blp]
 MAX_UPLOAD_FILES = 100
-
-
-def _answers(blp: Blueprint, *statuses: int):
-    """Document the problem+json answers an operation gives besides its success. A body that is not
-    JSON is a 400, one over CAMINS_MAX_UPLOAD_BYTES a 413; 422 for schema errors is added by
-    `arguments`."""
-    def decorator(view):
-        for status in sorted(statuses, reverse=True):
-            view = blp.alt_response(status, response=HTTPStatus(status).name)(view)
-        return view
-
-    return decorator
 
 
 def _page(page) -> dict:
@@ -147,8 +135,9 @@ class ReassignView(MethodView):
     @_answers(tasks_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
     def post(self, body, task_id):
-        """Supervisors: give the task to another candidate, or back to the queue (username null)."""
-        return camins().reassign(g.principal, task_id, body["username"])
+        """Supervisors: give the task to another candidate, or back to the queue (username null), saying
+        why (kept in the case's history). Many at once: `POST /api/tasks/reassign`."""
+        return camins().reassign(g.principal, task_id, body["username"], body["reason"])
 
 
 @cases_blp.route("/<string:reference>")
@@ -297,9 +286,11 @@ class MessagesView(MethodView):
 
 @incidents_blp.route("/<int:incident_id>/retry")
 class RetryView(MethodView):
+    @incidents_blp.arguments(s.RetryRequest, required=False)
     @incidents_blp.response(200, s.RetryResponse)
-    @_answers(incidents_blp, 401, 403, 404, 409)
+    @_answers(incidents_blp, 400, 401, 403, 404, 409, 413)
     @authenticated
-    def post(self, incident_id):
-        """Replay the failed step of an incident (supervisors, analysts)."""
-        return camins().retry_incident(g.principal, incident_id)
+    def post(self, body, incident_id):
+        """Replay the failed step of an incident (supervisors of the case, analysts). The reason, when
+        given, goes to the case's history with the resolution."""
+        return camins().retry_incident(g.principal, incident_id, (body or {}).get("reason"))
