@@ -303,3 +303,9 @@ class RetryView(MethodView):
     def post(self, incident_id):
         """Replay the failed step of an incident (supervisors, analysts)."""
         return camins().retry_incident(g.principal, incident_id)
+
+
+# The analysts' version and migration routes live in their own module, which uses the helpers above.
+from .versions import migrations_blp, versions_blp  # noqa: E402
+
+BLUEPRINTS += [versions_blp, migrations_blp]
