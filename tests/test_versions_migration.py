@@ -5,12 +5,19 @@ that completed it cannot move), adds a coordinator's review after it and renames
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
-from engine.models import HistoryEvent, HumanTask, Instance
+from engine.bundle import BundleFile, bundles_from_directory
+from engine.errors import NotFound
+from engine.models import Definition, HistoryEvent, HumanTask, Instance, Timer
+from tasks.worker import TimerWorker
+from workflows.demo import SEVERITY_SCORES
+from workflows.pathways import BUNDLED_DIAGRAMS
 
-from .pathway_driver import notify
+from .pathway_driver import notify, work
 
 FORM = b"""{"type": "default", "id": "Form_nota", "schemaVersion": 16, "components": [
   {"type": "textarea", "key": "nota", "label": "Nota", "id": "Field_nota", "validate": {"maxLength": 200}}]}"""
@@ -306,3 +313,70 @@ def test_a_migration_needs_a_reason_and_retiring_unknown_versions_is_404(http, f
                      json={"reason": "x"}).status_code == 404
     assert http.get("/api/definitions/no_such/versions", "analista").status_code == 404
     assert http.get(f"/api/definitions/{KEY}/diff?from=1", "analista").status_code == 422
+
+
+# ------------------------------------------------------------------ a bundled pathway: timers and messages
+REVIEW_V2 = "Termini vençut: revisar la derivació"
+
+
+def investigacio_v2(camins) -> int:
+    """The assessment pathway with the overdue review renamed: a change after the 20-day timer."""
+    files = next(b for b in bundles_from_directory(BUNDLED_DIAGRAMS) if b[0].name == "investigacio.bpmn")
+    changed = [BundleFile(f.name, f.content.replace("Termini de 20 dies vençut: revisar".encode(), REVIEW_V2.encode()))
+               for f in files]
+    definition, created = camins.engine.deploy(changed, "analista")
+    assert created
+    return definition.version
+
+
+def to_imas_decision(http) -> str:
+    reference = notify(http)
+    for element_id, user in [("registre_notificacio", "adm.sonservera"), ("valorar_urgencia", "ts.sonservera"),
+                             ("visita_domiciliaria", "ts.sonservera"), ("informe_social", "ts.sonservera"),
+                             ("informe_educatiu", "es.sonservera")]:
+        work(http, user, reference, element_id)
+    work(http, "ts.sonservera", reference, "valoracio_gravetat", SEVERITY_SCORES["greu"])
+    work(http, "coord.sonservera", reference, "validar_valoracio")
+    return reference
+
+
+def test_a_waiting_timer_keeps_its_due_time_when_its_instance_moves(http, camins, manual_clock):
+    reference = to_imas_decision(http)
+    with camins.db.read() as session:
+        instance_id = session.scalar(select(Instance.id).where(Instance.business_key == reference,
+                                                               Instance.process_key == "investigacio"))
+        timer_before = session.scalars(select(Timer).where(Timer.instance_id == instance_id)).one()
+        due, timer_id = timer_before.due_at, timer_before.id
+    manual_clock.advance(timedelta(days=5))
+    assert investigacio_v2(camins) == 2
+    response = http.post("/api/migrations", "analista", json={
+        "process_key": "investigacio", "from_version": 1, "to_version": 2, "reason": "Nom de la revisió",
+        "instance_ids": [instance_id]})
+    assert response.status_code == 200, response.text
+    assert response.json()["instances"][0]["migrated"], response.json()
+    with camins.db.read() as session:
+        timer = session.scalars(select(Timer).where(Timer.instance_id == instance_id)).one()
+        assert (timer.id, timer.due_at) == (timer_id, due)  # not restarted: 15 days left, not 20
+    manual_clock.advance(timedelta(days=15, minutes=1))
+    assert TimerWorker(camins.engine, owner="worker-a").run_once() == 1
+    with camins.db.read() as session:
+        review = session.scalars(select(HumanTask).where(HumanTask.instance_id == instance_id,
+                                                         HumanTask.element_id == "revisar_termini_vencut")).one()
+        assert (review.name, review.role, review.state) == (REVIEW_V2, "imas_section_head", "open")
+        assert session.get(Instance, instance_id).definition_id == session.scalar(
+            select(Definition.id).where(Definition.process_key == "investigacio", Definition.version == 2))
+
+
+def test_message_starts_skip_retired_versions(http, camins):
+    assert investigacio_v2(camins) == 2
+    assert http.post("/api/definitions/investigacio/versions/2/retire", "analista",
+                     json={"reason": "Error al nom"}).status_code == 200
+    reference = notify(http)
+    [started] = camins.engine.deliver_message("investigacio_iniciada", reference, {}, None)
+    with camins.db.read() as session:
+        assert session.get(Instance, started).definition.version == 1  # the newest active one
+    assert http.post("/api/definitions/investigacio/versions/1/retire", "analista",
+                     json={"reason": "Tot retirat"}).status_code == 200
+    other = notify(http)
+    with pytest.raises(NotFound):
+        camins.engine.deliver_message("investigacio_iniciada", other, {}, None)
