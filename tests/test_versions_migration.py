@@ -380,3 +380,17 @@ def test_message_starts_skip_retired_versions(http, camins):
     other = notify(http)
     with pytest.raises(NotFound):
         camins.engine.deliver_message("investigacio_iniciada", other, {}, None)
+
+
+def test_camins_diff_prints_what_changed(http, fleet, database_url):
+    from .test_cli import camins as run_camins
+
+    result = run_camins("diff", KEY, "1", "2", url=database_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{KEY}: version 1 → 2"
+    assert "  + revisar (UserTask 'Revisar l'informe', lane Coordinador/a SSCB)" in lines
+    assert "  ~ informe (UserTask 'Informe social', lane Treballador/a social): name, outgoing flows" in lines
+    assert "  + f_informe (informe → revisar)" in lines and "  ~ f_revisio (revisar → tancar): source" in lines
+    missing = run_camins("diff", KEY, "1", "9", url=database_url)
+    assert missing.returncode == 1 and f"process '{KEY}' has no version 9" in missing.stderr

@@ -268,8 +268,10 @@ class Camins:
             return [_version_view(d, counts.get(d.id, 0), verdicts.get((d.process_key, d.content_hash)))
                     for d in rows]
 
-    def diff_versions(self, principal: Principal, process_key: str, from_version: int, to_version: int) -> dict:
-        self._require_version_analyst(principal)
+    def diff_versions(self, principal: Principal | None, process_key: str, from_version: int, to_version: int) -> dict:
+        """What changed from one version to another; `principal` None is the `camins diff` command."""
+        if principal is not None:
+            self._require_version_analyst(principal)
         with self.db.read() as session:
             old = versions.version_of(session, process_key, from_version)
             new = versions.version_of(session, process_key, to_version)
