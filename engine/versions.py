@@ -85,6 +85,9 @@ def versions_of(session, process_key: str) -> list[Definition]:
 
 
 def version_of(session, process_key: str, version: int) -> Definition:
+    if not 0 < version < 2**31:  # beyond the column: it cannot exist, and the database must not be asked
+        versions_of(session, process_key)
+        raise NotFound(f"process '{process_key}' has no version {version}")
     definition = session.scalar(select(Definition).where(Definition.process_key == process_key,
                                                          Definition.version == version))
     if definition is None:
@@ -117,10 +120,9 @@ def startable_definition(engine, session, process_key: str) -> Definition:
 # ----------------------------------------------------------------------------- retiring
 def retire(session, process_key: str, version: int, actor: str | None, reason: str) -> Definition:
     """Retire a version: it starts no new instance; its running instances go on. Twice is a Conflict."""
+    version_of(session, process_key, version)  # NotFound, naming what is missing
     definition = session.scalar(select(Definition).where(Definition.process_key == process_key,
                                                          Definition.version == version).with_for_update())
-    if definition is None:
-        version_of(session, process_key, version)  # raises NotFound, naming what is missing
     if definition.status == RETIRED:
         raise Conflict(f"version {version} of '{process_key}' was retired already, "
                        f"on {definition.retired_at.isoformat()} by {definition.retired_by}")

@@ -307,8 +307,9 @@ def test_a_migration_needs_a_reason_and_retiring_unknown_versions_is_404(http, f
     blank = http.post("/api/migrations", "analista", json={"process_key": KEY, "from_version": 1, "to_version": 2,
                                                            "reason": "   "})
     assert blank.status_code == 422 and blank.json()["errors"] == {"reason": ["say why: it is recorded"]}
-    assert http.post(f"/api/definitions/{KEY}/versions/7/retire", "analista",
-                     json={"reason": "x"}).status_code == 404
+    for version in (7, 2**31, 10**15):
+        missing = http.post(f"/api/definitions/{KEY}/versions/{version}/retire", "analista", json={"reason": "x"})
+        assert missing.status_code == 404 and missing.json()["detail"] == f"process '{KEY}' has no version {version}"
     assert http.post("/api/definitions/no_such/versions/1/retire", "analista",
                      json={"reason": "x"}).status_code == 404
     assert http.get("/api/definitions/no_such/versions", "analista").status_code == 404
