@@ -166,6 +166,39 @@ def _verdict_note(verdict) -> str:
     return f" ({verdict.passed} scenarios passed)"
 
 
+@main.command(help="Compare two deployed versions of a process: elements (by id), sequence flows and files, each "
+                   "added (+), removed (-) or changed (~, with what changed).")
+@click.argument("process_key")
+@click.argument("from_version", type=click.IntRange(min=1))
+@click.argument("to_version", type=click.IntRange(min=1))
+def diff(process_key: str, from_version: int, to_version: int) -> None:
+    try:
+        result = _camins().diff_versions(None, process_key, from_version, to_version)
+    except EngineError as err:
+        click.echo(click.style(str(err), fg="red"), err=True)
+        sys.exit(1)
+    click.echo(f"{process_key}: version {from_version} → {to_version}")
+    for part, describe in (("elements", _diff_element), ("sequence_flows", _diff_flow), ("files", lambda f: "")):
+        found = result[part]
+        if not any(found.values()):
+            continue
+        click.echo(part.replace("_", " ") + ":")
+        for sign, kind in (("+", "added"), ("-", "removed"), ("~", "changed")):
+            for item in found[kind]:
+                changes = f": {', '.join(item['changes'])}" if kind == "changed" else ""
+                click.echo(f"  {sign} {item.get('id') or item.get('name')}{describe(item)}{changes}")
+
+
+def _diff_element(element: dict) -> str:
+    lane = f", lane {element['lane']}" if element["lane"] else ""
+    return f" ({element['type']} '{element['name'] or ''}'{lane})"
+
+
+def _diff_flow(flow: dict) -> str:
+    condition = f" [{flow['condition']}]" if flow["condition"] else ""
+    return f" ({flow['source']} → {flow['target']}{condition})"
+
+
 @main.command("test", help="Run the scenario files beside the diagrams (x.scenarios.yaml beside x.bpmn) of a "
                            "directory or of one .bpmn file, against the diagrams as drafts: each scenario on a "
                            "throwaway database, never on CAMINS_DATABASE_URL. Prints a line per scenario (what "

@@ -328,6 +328,122 @@ class ValidateResponse(_LintReport):
     scenarios = fields.Nested(ScenarioVerdictView, metadata={"description": "when scenario files came with it"})
 
 
+class VersionView(DefinitionView):
+    """One version of a process (analysts)."""
+    status = fields.String(metadata={"description": "active, or retired: a retired version starts no new instance, "
+                                                    "its running instances go on", "enum": ["active", "retired"]})
+    running_instances = fields.Integer(metadata={"description": "its instances that have not completed or been "
+                                                                "cancelled"})
+    retired_at = fields.DateTime(allow_none=True)
+    retired_by = fields.String(allow_none=True)
+    retire_reason = fields.String(allow_none=True)
+
+
+class VersionList(Schema):
+    items = fields.List(fields.Nested(VersionView), required=True, metadata={"description": "newest first"})
+
+
+class VersionDiffArgs(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    from_version = fields.Integer(required=True, data_key="from", validate=validate.Range(min=1, max=2**31 - 1),
+                                  metadata={"description": "the version compared from"})
+    to_version = fields.Integer(required=True, data_key="to", validate=validate.Range(min=1, max=2**31 - 1),
+                                metadata={"description": "the version compared to"})
+
+
+class DiffElement(Schema):
+    id = fields.String(metadata={"description": "the element id in the diagram"})
+    type = fields.String(metadata={"description": "SpiffWorkflow's kind of element: UserTask, ExclusiveGateway, ..."})
+    name = fields.String(allow_none=True)
+    lane = fields.String(allow_none=True)
+    process = fields.String(metadata={"description": "the process or subprocess it belongs to"})
+    changes = fields.List(fields.String(), metadata={
+        "description": "changed elements only: what changed (name, lane, type, property 'form', script, "
+                       "conditions of its outgoing flows, event (timer expression, message or signal), "
+                       "incoming flows, outgoing flows, ...)"})
+
+
+class DiffFlow(Schema):
+    id = fields.String()
+    source = fields.String(metadata={"description": "the element the flow leaves"})
+    target = fields.String(metadata={"description": "the element the flow enters"})
+    name = fields.String(allow_none=True)
+    condition = fields.String(allow_none=True)
+    changes = fields.List(fields.String(), metadata={"description": "changed flows only: source, target, name, "
+                                                                    "condition"})
+
+
+class DiffFile(Schema):
+    name = fields.String()
+    changes = fields.List(fields.String(), metadata={"description": "changed files only: content"})
+
+
+def _diff_part(item, what: str) -> type[Schema]:
+    return Schema.from_dict({
+        "added": fields.List(fields.Nested(item), metadata={"description": f"{what} only the newer version has"}),
+        "removed": fields.List(fields.Nested(item), metadata={"description": f"{what} only the older version has"}),
+        "changed": fields.List(fields.Nested(item), metadata={"description": f"{what} in both that differ"}),
+    }, name=f"Diff{item.__name__[4:]}s")
+
+
+class VersionDiff(Schema):
+    process_key = fields.String()
+    from_version = fields.Integer()
+    to_version = fields.Integer()
+    elements = fields.Nested(_diff_part(DiffElement, "elements"), metadata={"description": "compared by id"})
+    sequence_flows = fields.Nested(_diff_part(DiffFlow, "sequence flows"), metadata={"description": "by id"})
+    files = fields.Nested(_diff_part(DiffFile, "files"), metadata={"description": "the bundle's .bpmn, .dmn and "
+                                                                                 "form files, by name"})
+
+
+class RetireRequest(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=2000),
+                           metadata={"description": "why this version must start no new instance (recorded)"})
+
+
+class MigrationPreviewRequest(StrictSchema):
+    process_key = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    from_version = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1),
+                                  metadata={"description": "the version the instances are on"})
+    to_version = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1),
+                                metadata={"description": "the version to move them to (older or newer)"})
+    instance_ids = fields.List(fields.Integer(validate=validate.Range(min=1, max=2**31 - 1)),
+                               validate=validate.Length(min=1, max=500), metadata={
+                                   "description": "at most 500 instances of the process; left out, the first 500 "
+                                                  "unfinished instances of from_version"})
+
+
+class MigrationRequest(MigrationPreviewRequest):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=2000),
+                           metadata={"description": "why the instances move (recorded in each one's history)"})
+
+
+class MigrationOutcome(Schema):
+    instance_id = fields.Integer()
+    case_reference = fields.String(allow_none=True)
+    status = fields.String(allow_none=True, metadata={"description": "the instance's status"})
+    version = fields.Integer(allow_none=True, metadata={"description": "the version it is on after this request"})
+    can_migrate = fields.Boolean(metadata={"description": "it can move (preview) or it moved (migration)"})
+    migrated = fields.Boolean(metadata={"description": "it moved in this request (always false in a preview)"})
+    reasons = fields.List(fields.String(), metadata={
+        "description": "why it cannot move: it is over or on another version, a completed or started task changed "
+                       "or was removed, it waits at a removed element, ..."})
+
+
+class MigrationReport(Schema):
+    process_key = fields.String()
+    from_version = fields.Integer()
+    to_version = fields.Integer()
+    instances = fields.List(fields.Nested(MigrationOutcome))
+    can_migrate = fields.Integer(metadata={"description": "how many can move (preview) or moved (migration)"})
+    migrated = fields.Integer()
+    refused = fields.Integer()
+    unfinished_on_from_version = fields.Integer(metadata={"description": "unfinished instances still on "
+                                                                         "from_version after this request"})
+
+
 class MessageRequest(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     case_reference = fields.String(required=True, validate=validate.Length(min=1, max=30))
@@ -415,7 +531,8 @@ class AccessLogEntry(Schema):
     username = fields.String()
     case_reference = fields.String(allow_none=True)
     action = fields.String(metadata={"description": "read_case, read_clocks, read_task, read_instance, list_tasks, "
-                                                    "list_clocks, complete_task, send_message, read_access_log"})
+                                                    "list_clocks, complete_task, send_message, read_access_log, "
+                                                    "preview_migration, migrate_instance"})
     resource = fields.String()
 
 

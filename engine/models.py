@@ -43,6 +43,10 @@ class Definition(Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     deployed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deployed_by: Mapped[str | None] = mapped_column(String(100))
+    # A retired version starts no new instance (engine/versions.py): who retired it, when and why.
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    retired_by: Mapped[str | None] = mapped_column(String(100))
+    retire_reason: Mapped[str | None] = mapped_column(Text)
     # Message names that start this process: lets message routing skip parsing.
     message_starts: Mapped[list] = mapped_column(JSON, default=list)
     files: Mapped[list[DefinitionFile]] = relationship(

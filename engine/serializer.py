@@ -70,6 +70,11 @@ class StateSerializer:
             serializer = self._local.serializer = BpmnWorkflowSerializer(_build_registry())
         return serializer
 
+    @property
+    def registry(self):
+        """This thread's converter registry: what SpiffWorkflow's diff (bpmn.util.diff) compares specs with."""
+        return self._serializer.registry
+
     def dumps(self, workflow: BpmnWorkflow) -> str:
         registry = self._serializer.registry
         registry._encoder_mode = True

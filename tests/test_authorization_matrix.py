@@ -122,6 +122,7 @@ PROCESS = """<?xml version="1.0" encoding="UTF-8"?>
 STARTED = "prova_autoritzacio"
 MESSAGE = "prova_autoritzacio_missatge"
 STARTED_BUNDLE = PROCESS.format(key=STARTED, message="", start="").encode()
+STARTED_BUNDLE_V2 = STARTED_BUNDLE.replace(b'name="Comunicar"', b'name="Comunicar a la Fiscalia"')
 MESSAGE_BUNDLE = PROCESS.format(
     key=MESSAGE, message=f'<bpmn:message id="missatge" name="{MESSAGE}" />',
     start='<bpmn:messageEventDefinition id="def_missatge" messageRef="missatge" />').encode()
@@ -207,6 +208,12 @@ def case_rows() -> list[Row]:
         Row("GET", "/api/clocks", holding(*[code for code, role in ROLES.items() if role.supervisor]), 200, 403,
             logs="list_clocks", logs_for=SUPERVISORS, check=_sees_clocks),
         Row("GET", "/api/access-log?case={ref}", frozenset({AUDITOR}), 200, 403, logs="read_access_log"),
+        # Versions and migrations are the analysts' alone; the process's instances all run on version 2.
+        Row("GET", "/api/definitions/{key}/versions", frozenset({ANALYST}), 200, 403),
+        Row("GET", "/api/definitions/{key}/diff?from=1&to=2", frozenset({ANALYST}), 200, 403),
+        Row("POST", "/api/migrations/preview", frozenset({ANALYST}), 200, 403),
+        Row("POST", "/api/migrations", frozenset({ANALYST}), 200, 403),
+        Row("POST", "/api/definitions/{key}/versions/{version}/retire", frozenset({ANALYST}), 200, 403, last=True),
     ]
 
 
@@ -261,7 +268,7 @@ def build_case(http, camins, monkeypatch) -> World:
         detail = http.get(f"/api/tasks/{task.id}", candidate)
         assert detail.status_code == 200, detail.text
         world.forms[kind] = sample_data(detail.json()["form"], {})
-    for bundle in (STARTED_BUNDLE, MESSAGE_BUNDLE):
+    for bundle in (STARTED_BUNDLE, STARTED_BUNDLE_V2, MESSAGE_BUNDLE):
         camins.deploy_bundle(None, [BundleFile("prova.bpmn", bundle)])
 
     def service_down(*args, **kwargs):
@@ -307,13 +314,15 @@ def _open_incident(world: World) -> int | None:
 
 BODY_WITH_REF = ("/api/instances", "/api/messages")
 GHOST = {"ref": "EXP-2026-999999", "task": "00000000-0000-4000-8000-000000000000", "instance": "2147483646",
-         "incident": "2147483646", "cancellable": "2147483646"}
+         "incident": "2147483646", "cancellable": "2147483646", "key": "no_such_process",
+         "version": "2147483646"}
 ACT_REASON = "Motiu de la prova d'autorització."
 
 
 def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[requests.Response, dict]:
     """Send the row's request as `actor`; returns the response and the ids filled in."""
-    ids = {"ref": world.ref, "instance": str(world.instance), "task": world.tasks.get(row.target, ""),
+    ids = {"ref": world.ref, "instance": str(world.instance), "task": world.tasks.get(row.target, ""), "key": STARTED,
+           "version": "1",
            "incident": str(_open_incident(world)) if "{incident}" in row.path else "",
            "cancellable": str(_cancellable(world)) if "{cancellable}" in row.path else ""}
     if ghost:
@@ -334,6 +343,12 @@ def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[r
         kwargs["json"] = {"process_key": STARTED, "case_reference": ids["ref"], "data": {}}
     elif row.path == "/api/messages":
         kwargs["json"] = {"name": MESSAGE, "case_reference": ids["ref"], "payload": {}}
+    elif row.path.endswith("/retire"):
+        kwargs["json"] = {"reason": "Substituïda per la versió 2"}
+    elif row.path.startswith("/api/migrations"):
+        kwargs["json"] = {"process_key": STARTED, "from_version": 1, "to_version": 2, "reason": "Prova"}
+        if row.path.endswith("/preview"):
+            del kwargs["json"]["reason"]
     elif row.path.startswith("/api/definitions") and row.method == "POST":
         kwargs["files"] = [("files", ("prova.bpmn", STARTED_BUNDLE, "application/xml"))]
     elif row.path.endswith("/complete"):

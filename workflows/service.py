@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import ARRAY, String, and_, bindparam, false, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine import clock
+from engine import clock, versions
 from engine.bundle import BundleFile, bundles_from_directory, lint_bundle
 from engine.db import Database, UTCDateTime
 from engine.errors import (
@@ -29,6 +29,7 @@ from engine.errors import (
 )
 from engine.lint import errors as lint_errors
 from engine.migrate import upgrade
+from engine.migration import Migrations
 from engine.models import (
     Definition,
     HistoryEvent,
@@ -248,6 +249,69 @@ class Camins(SupervisorActs):
                           scenarios=verdicts.get((d.process_key, d.content_hash))) for d in rows]
         return Page(items, total, page, per_page)
 
+    # ------------------------------------------------------------ versions and migration (analysts)
+    def _require_version_analyst(self, principal: Principal) -> None:
+        if not principal.has_role("analyst"):
+            raise Forbidden("only analysts manage the versions of a pathway and migrate its instances")
+
+    def list_versions(self, principal: Principal, process_key: str) -> list[dict]:
+        """Every version of a process, newest first, with its status and its unfinished instances."""
+        self._require_version_analyst(principal)
+        with self.db.read() as session:
+            rows = versions.versions_of(session, process_key)
+            counts = versions.running_counts(session, [d.id for d in rows])
+            verdicts = _verdicts_of(session, rows)
+            return [_version_view(d, counts.get(d.id, 0), verdicts.get((d.process_key, d.content_hash)))
+                    for d in rows]
+
+    def diff_versions(self, principal: Principal | None, process_key: str, from_version: int, to_version: int) -> dict:
+        """What changed from one version to another; `principal` None is the `camins diff` command."""
+        if principal is not None:
+            self._require_version_analyst(principal)
+        with self.db.read() as session:
+            old = versions.version_of(session, process_key, from_version)
+            new = versions.version_of(session, process_key, to_version)
+            return versions.diff_versions(self.engine, old, new)
+
+    def retire_version(self, principal: Principal, process_key: str, version: int, reason: str) -> dict:
+        """A retired version starts no new instance; its running ones go on. Who, when and why are kept."""
+        self._require_version_analyst(principal)
+        reason = _required_reason(reason)
+        with self.db.write() as session:
+            definition = versions.retire(session, process_key, version, principal.username, reason)
+            counts = versions.running_counts(session, [definition.id])
+            return _version_view(definition, counts.get(definition.id, 0), None)
+
+    def preview_migration(self, principal: Principal, process_key: str, from_version: int, to_version: int,
+                          instance_ids: list[int] | None) -> dict:
+        """Which instances could move to another version and why the others cannot; writes nothing but the
+        access log (each instance's state was read)."""
+        self._require_version_analyst(principal)
+        report = Migrations(self.engine).preview(process_key, from_version, to_version, instance_ids)
+        with self.db.write() as session:
+            self._log_listing(session, principal, [i["case_reference"] for i in report["instances"]],
+                              "preview_migration", f"migration/{process_key}/{from_version}-{to_version}"[:200])
+        return report
+
+    def migrate_instances(self, principal: Principal, process_key: str, from_version: int, to_version: int,
+                          instance_ids: list[int] | None, reason: str) -> dict:
+        """Move instances to another version, each in its own transaction; refusals come with their reasons."""
+        self._require_version_analyst(principal)
+        reason = _required_reason(reason)
+
+        def audit(session, instance) -> None:
+            self._log_access(session, principal, instance.business_key, "migrate_instance",
+                             f"instance/{instance.id}")
+
+        report = Migrations(self.engine).migrate(process_key, from_version, to_version, instance_ids,
+                                                 principal.username, reason, audit)
+        refused = [i["case_reference"] for i in report["instances"] if not i["migrated"] and i["case_reference"]]
+        if refused:
+            with self.db.write() as session:
+                self._log_listing(session, principal, refused, "preview_migration",
+                                  f"migration/{process_key}/{from_version}-{to_version}"[:200])
+        return report
+
     # ------------------------------------------------------------ notifications
     def submit_notification(self, principal: Principal, municipality: str, child: dict, reporter: dict,
                             description: str) -> dict:
@@ -261,7 +325,8 @@ class Camins(SupervisorActs):
         with self.db.write() as session:
             definition = self.engine.latest_definition(session, NOTIFICATION_PATHWAY)
             if definition is None:
-                raise Conflict(f"the pathway '{NOTIFICATION_PATHWAY}' is not deployed")
+                raise Conflict(f"the pathway '{NOTIFICATION_PATHWAY}' is not deployed, or every version of it "
+                               f"is retired")
             case = self._new_case(session, unit, child, principal.username)
             reporter_public = {k: v for k, v in reporter.items() if v is not None}
             session.add(Notification(case_id=case.id, reporter_kind=reporter["kind"], reporter=reporter_public,
@@ -582,9 +647,7 @@ class Camins(SupervisorActs):
             case = self._case_for_process_work(session, principal, case_reference)
             if not (principal.supervises(case) or principal.has_role("analyst")):
                 raise Forbidden("only supervisors of the case's territory and analysts may start a pathway")
-            definition = self.engine.latest_definition(session, process_key)
-            if definition is None:
-                raise NotFound(f"no deployed process '{process_key}'")
+            definition = versions.startable_definition(self.engine, session, process_key)
             instance = self.engine.create_instance(session, definition, case_reference, _plain_data(data),
                                                    principal.username)
             instance_id = instance.id
@@ -787,6 +850,25 @@ def _override_reason(text: str | None) -> str | None:
     if len(reason) > MAX_OVERRIDE_REASON:
         raise Invalid({"override_reason": [f"at most {MAX_OVERRIDE_REASON} characters"]})
     return reason or None
+
+
+def _required_reason(text: str | None) -> str:
+    """Why an analyst retires a version or migrates instances: recorded, so it must say something."""
+    reason = (text or "").strip()
+    if not reason:
+        raise Invalid({"reason": ["say why: it is recorded"]})
+    if len(reason) > MAX_OVERRIDE_REASON:
+        raise Invalid({"reason": [f"at most {MAX_OVERRIDE_REASON} characters"]})
+    return reason
+
+
+def _version_view(definition: Definition, running: int, scenarios: dict | None) -> dict:
+    return dict(id=definition.id, process_key=definition.process_key, version=definition.version,
+                name=definition.name, status=definition.status, content_hash=definition.content_hash,
+                deployed_at=definition.deployed_at, deployed_by=definition.deployed_by,
+                files=[f.name for f in definition.files], running_instances=running, scenarios=scenarios,
+                retired_at=definition.retired_at, retired_by=definition.retired_by,
+                retire_reason=definition.retire_reason)
 
 
 def _verdict_view(verdict) -> dict | None:
