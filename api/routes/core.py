@@ -12,8 +12,8 @@ from .. import schemas as s
 from ..auth import authenticated, camins
 from ..textguard import MESSAGE, unstorable
 from .acts import acts_blp
-from .versions import migrations_blp, versions_blp
 from .documented import answers as _answers
+from .versions import migrations_blp, versions_blp
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
 notifications_blp = Blueprint("notifications", __name__, url_prefix="/api/notifications",
