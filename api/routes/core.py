@@ -1,8 +1,6 @@
 """The API's blueprints. Each view checks its input with a schema and calls the service."""
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -13,6 +11,9 @@ from engine.errors import Invalid
 from .. import schemas as s
 from ..auth import authenticated, camins
 from ..textguard import MESSAGE, unstorable
+from .common import answers as _answers
+from .common import page as _page
+from .supervision import supervision_blp
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
 notifications_blp = Blueprint("notifications", __name__, url_prefix="/api/notifications",
@@ -31,24 +32,8 @@ access_log_blp = Blueprint("access_log", __name__, url_prefix="/api/access-log",
                            description="Who read or changed which case (auditors)")
 
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
-              incidents_blp, clocks_blp, access_log_blp]
+              incidents_blp, clocks_blp, access_log_blp, supervision_blp]
 MAX_UPLOAD_FILES = 100
-
-
-def _answers(blp: Blueprint, *statuses: int):
-    """Document the problem+json answers an operation gives besides its success. A body that is not
-    JSON is a 400, one over CAMINS_MAX_UPLOAD_BYTES a 413; 422 for schema errors is added by
-    `arguments`."""
-    def decorator(view):
-        for status in sorted(statuses, reverse=True):
-            view = blp.alt_response(status, response=HTTPStatus(status).name)(view)
-        return view
-
-    return decorator
-
-
-def _page(page) -> dict:
-    return {"items": page.items, "total": page.total, "page": page.page, "per_page": page.per_page}
 
 
 @auth_blp.route("/token")
