@@ -365,7 +365,8 @@ class AccessLogEntry(Schema):
     username = fields.String()
     case_reference = fields.String(allow_none=True)
     action = fields.String(metadata={"description": "read_case, read_clocks, read_task, read_instance, list_tasks, "
-                                                    "list_clocks, complete_task, send_message, read_access_log"})
+                                                    "list_clocks, list_instances, complete_task, send_message, "
+                                                    "read_access_log"})
     resource = fields.String()
 
 

@@ -92,13 +92,15 @@ class SupervisorViews:
 
     # ------------------------------------------------------------ scope
     def _scope(self, principal: Principal, analysts: bool = False):
+        """The cases the view may count; with `analysts`, every case for an analyst (counts, no case named)."""
+        if analysts and principal.has_role("analyst"):
+            return true()
         scope = supervised_scope(principal)
         if scope is not None:
             return scope
-        if analysts and principal.has_role("analyst"):
-            return true()
-        raise Forbidden("only supervisors see this view" + (" and analysts" if analysts else "")
-                        + ": SSCB coordinators for their municipality, IMAS section heads for their section")
+        who = "supervisors and analysts" if analysts else "supervisors"
+        raise Forbidden(f"only {who} see this view (SSCB coordinators for their municipality, IMAS section heads "
+                        "for their section)")
 
     def _definitions(self, session, process_key: str, version: int | None) -> list[Definition]:
         query = select(Definition).where(Definition.process_key == process_key).order_by(Definition.version)
