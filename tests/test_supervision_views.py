@@ -341,5 +341,6 @@ def test_a_raiguer_supervisor_neither_sees_nor_acts_on_a_llevant_i_migjorn_case(
     assert hidden.status_code == 404 and hidden.json() == ghost.json()
     assert http.post(f"/api/incidents/{world.incident}/retry", "coord.inca").status_code == 404
     task = world.manacor_new.open_task("revisar")
-    assert http.post(f"/api/tasks/{task.id}/reassign", "coord.inca", json={"username": None}).status_code == 404
+    assert http.post(f"/api/tasks/{task.id}/claim", "coord.inca").status_code == 404
+    assert http.get(f"/api/tasks/{task.id}", "coord.inca").status_code == 404
     assert _log_rows(camins, "coord.inca", "read_instance") == []

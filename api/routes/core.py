@@ -11,8 +11,7 @@ from engine.errors import Invalid
 from .. import schemas as s
 from ..auth import authenticated, camins
 from ..textguard import MESSAGE, unstorable
-from .common import answers as _answers
-from .common import page as _page
+from .documented import answers as _answers
 from .supervision import supervision_blp
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
@@ -34,6 +33,10 @@ access_log_blp = Blueprint("access_log", __name__, url_prefix="/api/access-log",
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
               incidents_blp, clocks_blp, access_log_blp, supervision_blp]
 MAX_UPLOAD_FILES = 100
+
+
+def _page(page) -> dict:
+    return {"items": page.items, "total": page.total, "page": page.page, "per_page": page.per_page}
 
 
 @auth_blp.route("/token")

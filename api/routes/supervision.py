@@ -1,6 +1,8 @@
 """Supervisors' read-only views: a pathway's overview for a diagram overlay, its instances, the workload."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -9,8 +11,7 @@ from workflows.supervision import TerritoryFilter
 
 from .. import schemas as s
 from ..auth import authenticated, camins
-from .common import answers as _answers
-from .common import page as _page
+from .documented import answers as _answers
 
 supervision_blp = Blueprint(
     "supervision", __name__, url_prefix="/api/supervision",
@@ -44,7 +45,7 @@ class SupervisedInstancesView(MethodView):
     def get(self, args, process_key):
         """Supervisors: running instances of the process in their scope, oldest first (what an overview count
         stands for). Each case shown is written to the access log."""
-        return _page(camins().supervised_instances(
+        return asdict(camins().supervised_instances(
             g.principal, process_key, args.get("element"), args.get("version"), args.get("incident"),
             args.get("overdue"), _territory(args), args["page"], args["per_page"]))
 

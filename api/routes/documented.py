@@ -1,4 +1,4 @@
-"""Helpers every blueprint module shares."""
+"""What every blueprint's operations share in their OpenAPI documentation."""
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -16,8 +16,3 @@ def answers(blp: Blueprint, *statuses: int):
         return view
 
     return decorator
-
-
-def page(result) -> dict:
-    """A service Page as the API's page schemas show it."""
-    return {"items": result.items, "total": result.total, "page": result.page, "per_page": result.per_page}
