@@ -28,7 +28,8 @@ from .orgunits import UNITS, find_unit
 from .roles import COMARCA, MUNICIPALITY, ROLES, SECTION
 from .security import Principal
 
-RUNNING = ("created", "running")
+# Not ended: a suspended instance (a supervisor's act) still holds its tokens where it stopped.
+RUNNING = ("created", "running", "suspended")
 _SCOPE_COLUMN = {MUNICIPALITY: Case.municipality, COMARCA: Case.comarca, SECTION: Case.section}
 _FILTER_KIND = {"municipality": "municipality", "comarca": "comarca", "section": "section"}
 
