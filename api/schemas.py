@@ -250,7 +250,17 @@ class IncidentView(Schema):
 
 class InstanceView(InstanceSummary):
     case_reference = fields.String()
-    completed_elements = fields.List(fields.String())
+    completed_elements = fields.List(fields.String(), metadata={
+        "description": "the completed path: every element id the instance has completed"})
+    taken_flows = fields.List(fields.String(), metadata={
+        "description": "the sequence flow ids the instance has crossed, for drawing its path on the diagram"})
+    history = fields.List(fields.Nested(HistoryItem), metadata={
+        "description": "everything that happened to this instance, oldest first: who, what, when, where"})
+    variables = fields.Dict(keys=fields.String(), metadata={
+        "description": "the instance's process data where its tokens are (or as it ended). Shown in full to "
+                       "those who need to know the case (its supervisors, referents, candidates and "
+                       "assignees); for anyone else (analysts) every value, nested ones too, is '[redactat]'"})
+    variables_redacted = fields.Boolean(metadata={"description": "whether the values of `variables` are hidden"})
     version_counter = fields.Integer()
     timers = fields.List(fields.Nested(TimerView))
     messages = fields.List(fields.Dict())
@@ -531,10 +541,123 @@ class AccessLogEntry(Schema):
     username = fields.String()
     case_reference = fields.String(allow_none=True)
     action = fields.String(metadata={"description": "read_case, read_clocks, read_task, read_instance, list_tasks, "
-                                                    "list_clocks, complete_task, send_message, read_access_log, "
-                                                    "preview_migration, migrate_instance"})
+                                                    "list_clocks, list_instances, complete_task, send_message, "
+                                                    "read_access_log, preview_migration, migrate_instance"})
     resource = fields.String()
 
 
 class AccessLogPage(PageMeta):
     items = fields.List(fields.Nested(AccessLogEntry), required=True)
+
+
+# ------------------------------------------------------------------ supervision (read-only views)
+class TerritoryArgs(Schema):
+    """Filters that narrow a supervisor's scope; they never widen it (a unit outside gives nothing)."""
+    class Meta:
+        unknown = EXCLUDE
+
+    municipality = fields.String(validate=validate.Length(min=1, max=100), metadata={
+        "description": "a municipality by name or code ('Son Servera', 'son-servera')"})
+    comarca = fields.String(validate=validate.Length(min=1, max=100), metadata={
+        "description": "a comarca by name or code ('Llevant i Migjorn', 'raiguer')"})
+    section = fields.String(validate=validate.Length(min=1, max=100), metadata={
+        "description": "an IMAS section by name or code ('IMAS Llevant', 'imas-ponent')"})
+
+
+class OverviewArgs(TerritoryArgs):
+    version = fields.Integer(validate=validate.Range(min=1, max=2**31 - 1), metadata={
+        "description": "one deployed version of the process; without it, every version together"})
+
+
+class SupervisedInstancesArgs(OverviewArgs, PageArgs):
+    element = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "an element id: instances whose token is there; with incident=true, those with an open "
+                       "incident there; with overdue=true, those with an overdue open task there"})
+    incident = fields.Boolean(metadata={
+        "description": "true: only instances with an open incident; false: only those without"})
+    overdue = fields.Boolean(metadata={
+        "description": "true: only instances with an overdue open user task; false: only those without"})
+
+
+class DefinitionRef(Schema):
+    id = fields.Integer()
+    version = fields.Integer()
+    name = fields.String()
+    deployed_at = fields.DateTime()
+
+
+class ElementCounts(Schema):
+    element_id = fields.String(metadata={"description": "the BPMN element id, to place the counts on the diagram"})
+    name = fields.String()
+    instances = fields.Integer(metadata={"description": "running instances with a token at the element"})
+    incidents = fields.Integer(metadata={"description": "instances with an open incident at the element"})
+    overdue_tasks = fields.Integer(metadata={"description": "open user tasks at the element past their due time"})
+
+
+class OverviewTotals(Schema):
+    instances = fields.Integer(metadata={"description": "running instances"})
+    instances_with_incidents = fields.Integer()
+    overdue_tasks = fields.Integer()
+
+
+class ClockCount(Schema):
+    clock_id = fields.String()
+    label = fields.String()
+    article = fields.String()
+    at_risk = fields.Integer()
+    breached = fields.Integer()
+
+
+class ClockCounts(Schema):
+    at_risk = fields.Integer(metadata={"description": "running legal clocks past their at-risk share (80 %)"})
+    breached = fields.Integer(metadata={"description": "running legal clocks past their due time"})
+    by_clock = fields.List(fields.Nested(ClockCount), metadata={"description": "only clocks at risk or breached"})
+
+
+class ProcessOverview(Schema):
+    process_key = fields.String()
+    definitions = fields.List(fields.Nested(DefinitionRef), metadata={"description": "the versions counted"})
+    elements = fields.List(fields.Nested(ElementCounts), metadata={
+        "description": "elements with anything to show, by element id"})
+    totals = fields.Nested(OverviewTotals)
+    clocks = fields.Nested(ClockCounts, metadata={
+        "description": "legal clocks of the cases with a running instance counted here"})
+
+
+class SupervisedInstance(Schema):
+    id = fields.Integer()
+    case_reference = fields.String()
+    process_key = fields.String()
+    version = fields.Integer()
+    status = fields.String()
+    active_elements = fields.List(fields.String(), metadata={"description": "where its tokens are"})
+    started_at = fields.DateTime()
+    open_incidents = fields.Integer()
+    overdue_tasks = fields.Integer()
+
+
+class SupervisedInstancePage(PageMeta):
+    items = fields.List(fields.Nested(SupervisedInstance), required=True)
+
+
+class ProfessionalLoad(Schema):
+    username = fields.String()
+    open_tasks = fields.Integer(metadata={"description": "open tasks assigned to them"})
+    overdue_tasks = fields.Integer()
+    oldest_due_at = fields.DateTime(allow_none=True, metadata={"description": "the earliest due time among them"})
+
+
+class QueueLoad(Schema):
+    role = fields.String(allow_none=True)
+    role_label = fields.String(allow_none=True)
+    org_unit = fields.String(allow_none=True)
+    org_unit_name = fields.String(allow_none=True)
+    open_tasks = fields.Integer(metadata={"description": "open tasks waiting in the queue, assigned to nobody"})
+    overdue_tasks = fields.Integer()
+    oldest_waiting_since = fields.DateTime(metadata={"description": "when the longest-waiting one became ready"})
+    oldest_due_at = fields.DateTime(allow_none=True)
+
+
+class Workload(Schema):
+    professionals = fields.List(fields.Nested(ProfessionalLoad), metadata={"description": "most overdue first"})
+    role_queues = fields.List(fields.Nested(QueueLoad), metadata={"description": "most overdue first"})

@@ -320,6 +320,19 @@ def _flush_history(session) -> None:
         rows.clear()
 
 
+def _plain_json(value):
+    """Task data as JSON shows it: dates and other values the serializer registers become text."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain_json(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
 def _timer_due(task) -> datetime | None:
     value = task.internal_data.get("event_value")
     if isinstance(value, dict):
@@ -446,6 +459,23 @@ class Engine:
     def spec_of(self, session, definition_id: int) -> CachedSpec:
         """The parsed definition, from the cache when it is there (found by id: no query)."""
         return self.specs.cached(definition_id) or self.specs.get(session.get(Definition, definition_id))
+
+    def instance_data(self, session, instance: Instance) -> dict:
+        """The process data of an instance as a person would read it: the data of the tasks its tokens
+        are at (merged in the order the tasks were created), or, once it has ended, the data it ended
+        with; over the workflow's data objects. Values are plain JSON (dates as ISO strings).
+
+        Deserializes the state: for one instance on request, never for a list."""
+        cached = self.spec_of(session, instance.definition_id)
+        workflow = self.serializer.loads(instance.state, cached.spec, cached.subprocess_specs, self.script_engine)
+        data = dict(workflow.data)
+        current = [t for t in _all_tasks(workflow) if t.state & _ACTIVE and getattr(t.task_spec, "bpmn_id", None)]
+        if current:
+            for task in current:
+                data.update(task.data)
+        elif workflow.last_task is not None:
+            data.update(workflow.last_task.data)
+        return _plain_json(data)
 
     def deliver_message(self, name: str, business_key: str, payload: dict | None, actor: str | None,
                         outbox_id: int | None = None, source_instance_id: int | None = None) -> list[int]:

@@ -135,7 +135,7 @@ class Row:
     get it; every other actor with a valid token gets `otherwise`; callers without one get 401."""
 
     method: str
-    path: str  # {ref} {task} {instance} {incident} are filled from the case
+    path: str  # {ref} {task} {instance} {incident} {process} are filled from the case
     allowed: frozenset
     status: int
     otherwise: int
@@ -175,8 +175,24 @@ def _bulk_outcome(body, user, _reference):
     return None if outcomes == [wanted] else f"bulk reassignment report {outcomes}, expected {[wanted]}"
 
 
+def _counts_the_case(body, user, _reference):
+    counted = body["totals"]["instances"] > 0
+    return None if counted == (SCOPE_OF[user] == "in" or user == ANALYST) else f"case counted: {counted}"
+
+
+def _lists_the_case(body, user, reference):
+    shown = any(i["case_reference"] == reference for i in body["items"])
+    return None if shown == (SCOPE_OF[user] == "in") else f"case instances shown: {shown}"
+
+
+def _weighs_the_case(body, user, _reference):
+    weighed = bool(body["professionals"] or body["role_queues"])
+    return None if weighed == (SCOPE_OF[user] == "in") else f"case tasks in the workload: {weighed}"
+
+
 def case_rows() -> list[Row]:
     everyone_but_notifiers = USERS - {NOTIFIER}
+    supervisors_anywhere = holding(*[code for code, role in ROLES.items() if role.supervisor])
     return [
         Row("POST", "/api/auth/token", USERS, 200, 401),
         Row("POST", "/api/auth/logout", USERS, 204, 401),
@@ -208,6 +224,12 @@ def case_rows() -> list[Row]:
         Row("GET", "/api/clocks", holding(*[code for code, role in ROLES.items() if role.supervisor]), 200, 403,
             logs="list_clocks", logs_for=SUPERVISORS, check=_sees_clocks),
         Row("GET", "/api/access-log?case={ref}", frozenset({AUDITOR}), 200, 403, logs="read_access_log"),
+        # Supervisors' views: counts for supervisors (their scope) and analysts; cases and people for supervisors.
+        Row("GET", "/api/supervision/processes/{process}/overview", supervisors_anywhere | {ANALYST}, 200, 403,
+            check=_counts_the_case),
+        Row("GET", "/api/supervision/processes/{process}/instances", supervisors_anywhere, 200, 403,
+            logs="list_instances", logs_for=SUPERVISORS, check=_lists_the_case),
+        Row("GET", "/api/supervision/workload", supervisors_anywhere, 200, 403, check=_weighs_the_case),
         # Versions and migrations are the analysts' alone; the process's instances all run on version 2.
         Row("GET", "/api/definitions/{key}/versions", frozenset({ANALYST}), 200, 403),
         Row("GET", "/api/definitions/{key}/diff?from=1&to=2", frozenset({ANALYST}), 200, 403),
@@ -315,14 +337,14 @@ def _open_incident(world: World) -> int | None:
 BODY_WITH_REF = ("/api/instances", "/api/messages")
 GHOST = {"ref": "EXP-2026-999999", "task": "00000000-0000-4000-8000-000000000000", "instance": "2147483646",
          "incident": "2147483646", "cancellable": "2147483646", "key": "no_such_process",
-         "version": "2147483646"}
+         "version": "2147483646", "process": "no_such_process"}
 ACT_REASON = "Motiu de la prova d'autorització."
 
 
 def _request(world: World, row: Row, actor: str, ghost: bool = False) -> tuple[requests.Response, dict]:
     """Send the row's request as `actor`; returns the response and the ids filled in."""
     ids = {"ref": world.ref, "instance": str(world.instance), "task": world.tasks.get(row.target, ""), "key": STARTED,
-           "version": "1",
+           "version": "1", "process": "investigacio",
            "incident": str(_open_incident(world)) if "{incident}" in row.path else "",
            "cancellable": str(_cancellable(world)) if "{cancellable}" in row.path else ""}
     if ghost:

@@ -53,15 +53,20 @@ USERS = ("coord.manacor", "analista", "adm.manacor")
 REACHED = {
     "coord.manacor": {"GET /api/tasks", "GET /api/tasks/{task_id}", "GET /api/cases/{reference}",
                       "GET /api/cases/{reference}/clocks", "GET /api/instances/{instance_id}", "GET /api/clocks",
-                      "GET /api/definitions"},
-    "analista": {"GET /api/instances/{instance_id}", "GET /api/definitions"},
+                      "GET /api/definitions", "GET /api/supervision/processes/{process_key}/overview",
+                      "GET /api/supervision/processes/{process_key}/instances", "GET /api/supervision/workload"},
+    "analista": {"GET /api/instances/{instance_id}", "GET /api/definitions",
+                 "GET /api/supervision/processes/{process_key}/overview"},
     "adm.manacor": {"GET /api/tasks", "GET /api/tasks/{task_id}", "POST /api/tasks/{task_id}/claim",
                     "POST /api/tasks/{task_id}/unclaim", "GET /api/cases/{reference}"},
 }
 NEVER_SUCCEEDS = {
-    "analista": {"GET /api/cases/{reference}", "GET /api/cases/{reference}/clocks", "GET /api/tasks/{task_id}"},
+    "analista": {"GET /api/cases/{reference}", "GET /api/cases/{reference}/clocks", "GET /api/tasks/{task_id}",
+                 "GET /api/supervision/processes/{process_key}/instances", "GET /api/supervision/workload"},
     "coord.manacor": set(),
-    "adm.manacor": {"GET /api/clocks", "POST /api/definitions", "POST /api/tasks/{task_id}/reassign"},
+    "adm.manacor": {"GET /api/clocks", "POST /api/definitions", "POST /api/tasks/{task_id}/reassign",
+                    "GET /api/supervision/processes/{process_key}/overview",
+                    "GET /api/supervision/processes/{process_key}/instances", "GET /api/supervision/workload"},
 }
 
 # Body fields of positive requests that are sometimes set to the seeded case (and its pathway).

@@ -62,6 +62,7 @@ from .pathways import BUNDLED_DIAGRAMS, ESCALATION_PATHWAY, NOTIFICATION_PATHWAY
 from .roles import COMARCA, MUNICIPALITY, ROLES, SECTION
 from .scenarios import Companions, Draft, Verdict, run_draft, split_scenario_files
 from .security import Principal
+from .supervision import SupervisorViews, TerritoryFilter
 
 DOMAIN_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 REPORTER_KINDS = ("school", "health", "police", "social_services", "citizen")
@@ -97,6 +98,7 @@ class Camins(SupervisorActs):
         self.engine = Engine(self.db, self.hooks, script_time_limit=script_time_limit)
         self.login_limits = security.LoginLimits.from_env()
         self._forms: dict[tuple[int, str], dict | None] = {}
+        self.supervision = SupervisorViews(self.db, self.engine, self._log_listing)
 
     def upgrade_schema(self) -> None:
         upgrade(self.db.url, [DOMAIN_MIGRATIONS])
@@ -403,7 +405,8 @@ class Camins(SupervisorActs):
 
     def _case_for_process_work(self, session, principal: Principal, reference: str) -> Case:
         """Instance-level work (start, inspect, retry) is open to analysts on any case: the
-        instance view holds element ids and errors, no personal data. Others need to know the case."""
+        instance view holds element ids and errors, and its variables redacted unless the caller needs to
+        know the case. Others need to know the case."""
         if principal.has_role("analyst"):
             case = session.scalar(select(Case).where(Case.reference == reference))
             if case is None:
@@ -620,14 +623,22 @@ class Camins(SupervisorActs):
             if instance is None:
                 raise NotFound("instance not found")
             try:
-                self._case_for_process_work(session, principal, instance.business_key)
+                case = self._case_for_process_work(session, principal, instance.business_key)
             except NotFound:
                 # The same answer as for an id that does not exist: no case reference, no existence.
                 raise NotFound("instance not found") from None
             detail = self._instance_summary(session, instance)
+            # Analysts open any instance to mend diagrams; the data in it is the case's, for those who need it.
+            variables = self.engine.instance_data(session, instance)
+            redacted = not self._needs_to_know(session, principal, case)
             detail.update(
                 case_reference=instance.business_key,
                 completed_elements=instance.completed_elements or [],
+                taken_flows=instance.taken_flows or [],
+                history=[_history_item(h, redacted) for h in session.scalars(
+                    select(HistoryEvent).where(HistoryEvent.instance_id == instance_id).order_by(HistoryEvent.id))],
+                variables=_redacted(variables) if redacted else variables,
+                variables_redacted=redacted,
                 version_counter=instance.version,
                 timers=[{"id": t.id, "element_id": t.element_id, "due_at": t.due_at, "status": t.status}
                         for t in session.scalars(select(Timer).where(Timer.instance_id == instance_id))],
@@ -708,6 +719,23 @@ class Camins(SupervisorActs):
                                    .offset((page - 1) * per_page).limit(per_page)).all()
             self._log_listing(session, principal, [r.case_reference for r in rows], "list_clocks", "clocks")
             return Page([_clock_view(r, now) for r in rows], total, page, per_page)
+
+    # ------------------------------------------------------------ supervision (workflows/supervision.py)
+    def supervision_overview(self, principal: Principal, process_key: str, version: int | None = None,
+                             territory: TerritoryFilter = TerritoryFilter()) -> dict:
+        return self.supervision.overview(principal, process_key, version, territory)
+
+    def supervised_instances(self, principal: Principal, process_key: str, element: str | None = None,
+                             version: int | None = None, incident: bool | None = None,
+                             overdue: bool | None = None, territory: TerritoryFilter = TerritoryFilter(),
+                             page: int = 1, per_page: int = 50) -> Page:
+        per_page = min(max(per_page, 1), MAX_PER_PAGE)
+        items, total = self.supervision.instances(principal, process_key, element, version, incident, overdue,
+                                                  territory, page, per_page)
+        return Page(items, total, page, per_page)
+
+    def workload(self, principal: Principal, territory: TerritoryFilter = TerritoryFilter()) -> dict:
+        return self.supervision.workload(principal, territory)
 
     # ------------------------------------------------------------ access log
     def access_log(self, principal: Principal, case_reference: str | None = None, username: str | None = None,
@@ -825,9 +853,26 @@ def _with_unchecked_boxes(form: dict, cleaned: dict) -> dict:
     return cleaned
 
 
-def _history_item(h: HistoryEvent) -> dict:
+# History details that people write in their own words (an act's reason) and so may name the family.
+_FREE_TEXT_DETAILS = ("reason",)
+
+
+def _history_item(h: HistoryEvent, redacted: bool = False) -> dict:
+    detail = h.detail
+    if redacted and any(key in (detail or {}) for key in _FREE_TEXT_DETAILS):
+        detail = {key: REDACTED if key in _FREE_TEXT_DETAILS else value for key, value in detail.items()}
     return dict(id=h.id, at=h.at, actor=h.actor, event=h.event, element_id=h.element_id,
-                instance_id=h.instance_id, detail=h.detail)
+                instance_id=h.instance_id, detail=detail)
+
+
+REDACTED = "[redactat]"
+
+
+def _redacted(data):
+    """The shape of case data without its content: keys kept, every value (nested ones too) a marker."""
+    if isinstance(data, dict):
+        return {key: _redacted(value) for key, value in data.items()}
+    return REDACTED
 
 
 def _plain_data(data) -> dict:

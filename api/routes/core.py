@@ -13,6 +13,7 @@ from ..auth import authenticated, camins
 from ..textguard import MESSAGE, unstorable
 from .acts import acts_blp
 from .documented import answers as _answers
+from .supervision import supervision_blp
 from .versions import migrations_blp, versions_blp
 
 auth_blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens for the API")
@@ -32,7 +33,7 @@ access_log_blp = Blueprint("access_log", __name__, url_prefix="/api/access-log",
                            description="Who read or changed which case (auditors)")
 
 BLUEPRINTS = [auth_blp, notifications_blp, tasks_blp, cases_blp, instances_blp, definitions_blp, messages_blp,
-              incidents_blp, clocks_blp, access_log_blp, acts_blp, versions_blp, migrations_blp]
+              incidents_blp, clocks_blp, access_log_blp, acts_blp, versions_blp, migrations_blp, supervision_blp]
 MAX_UPLOAD_FILES = 100
 
 
