@@ -1,7 +1,7 @@
 """Helpers for scenario tests: act as the professionals of the demo, over HTTP."""
 from __future__ import annotations
 
-from workflows.demo import DEMO_USERS, TASK_DATA
+from workflows.demo import DEMO_USERS, SEVERITY_SCORES, TASK_DATA
 
 CASE_ROLE_USERS = [u for u, role, _unit in DEMO_USERS if role not in ("notifier", "analyst", "auditor")]
 
@@ -58,3 +58,15 @@ def case(http, user: str, reference: str) -> dict:
     response = http.get(f"/api/cases/{reference}", user)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def to_imas_decision(http, municipality="Son Servera", tag="sonservera") -> str:
+    """A new case worked up to the IMAS decision: assessed severe and validated by the coordinator."""
+    reference = notify(http, municipality)
+    for element_id, user in [("registre_notificacio", f"adm.{tag}"), ("valorar_urgencia", f"ts.{tag}"),
+                             ("visita_domiciliaria", f"ts.{tag}"), ("informe_social", f"ts.{tag}"),
+                             ("informe_educatiu", f"es.{tag}")]:
+        work(http, user, reference, element_id)
+    work(http, f"ts.{tag}", reference, "valoracio_gravetat", SEVERITY_SCORES["greu"])
+    work(http, f"coord.{tag}", reference, "validar_valoracio")
+    return reference

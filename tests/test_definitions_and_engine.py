@@ -11,11 +11,10 @@ from sqlalchemy import func, select
 from engine import bundle as bundle_module
 from engine.models import Definition, HistoryEvent, HumanTask, Incident, Instance, Timer
 from tasks.worker import TimerWorker
-from workflows.demo import SEVERITY_SCORES
 from workflows.pathways import BUNDLED_DIAGRAMS
 from workflows.service import Camins
 
-from .pathway_driver import notify, work
+from .pathway_driver import notify, to_imas_decision, work
 
 MINIMAL = """<?xml version="1.0" encoding="UTF-8"?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -174,19 +173,8 @@ def test_failed_service_task_keeps_the_submission_and_retry_applies_it(http, cam
         assert completed.state == "completed" and completed.completed_by == "adm.sonservera"
 
 
-def _to_imas_decision(http, municipality="Son Servera", tag="sonservera") -> str:
-    reference = notify(http, municipality)
-    for element_id, user in [("registre_notificacio", f"adm.{tag}"), ("valorar_urgencia", f"ts.{tag}"),
-                             ("visita_domiciliaria", f"ts.{tag}"), ("informe_social", f"ts.{tag}"),
-                             ("informe_educatiu", f"es.{tag}")]:
-        work(http, user, reference, element_id)
-    work(http, f"ts.{tag}", reference, "valoracio_gravetat", SEVERITY_SCORES["greu"])
-    work(http, f"coord.{tag}", reference, "validar_valoracio")
-    return reference
-
-
 def test_twenty_day_timer_fires_once_with_two_workers(http, camins, database_url, manual_clock):
-    reference = _to_imas_decision(http)
+    reference = to_imas_decision(http)
     with camins.db.read() as session:
         timers = session.scalars(select(Timer).where(Timer.status == "waiting")).all()
     assert len(timers) == 1
@@ -272,7 +260,7 @@ def test_twenty_day_timer_fires_once_with_two_worker_processes(http, camins, dat
 
     from engine.clock import FileClock
 
-    reference = _to_imas_decision(http)
+    reference = to_imas_decision(http)
     shared = FileClock(str(tmp_path / "now"))
     shared.set(manual_clock.now())
     env = dict(os.environ, CAMINS_DATABASE_URL=database_url, CAMINS_CLOCK_FILE=shared.path)
@@ -345,7 +333,7 @@ def test_worker_leaves_a_stalled_instance_with_an_open_incident_to_a_person(http
 
 def test_one_timer_failing_on_the_database_does_not_hold_back_the_batch(http, camins, manual_clock, monkeypatch):
     from sqlalchemy.exc import OperationalError
-    references = [_to_imas_decision(http), _to_imas_decision(http, "Manacor", "manacor")]
+    references = [to_imas_decision(http), to_imas_decision(http, "Manacor", "manacor")]
     manual_clock.advance(timedelta(days=20, minutes=1))
     with camins.db.read() as session:
         first, second = session.scalars(select(Timer.id).order_by(Timer.due_at, Timer.id)).all()

@@ -6,20 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from workflows import clocks
-from workflows.demo import SEVERITY_SCORES
 
-from .pathway_driver import notify, task_in_inbox, work
-
-
-def _refer_to_imas(http) -> str:
-    reference = notify(http)
-    for element_id, user in [("registre_notificacio", "adm.sonservera"), ("valorar_urgencia", "ts.sonservera"),
-                             ("visita_domiciliaria", "ts.sonservera"), ("informe_social", "ts.sonservera"),
-                             ("informe_educatiu", "es.sonservera")]:
-        work(http, user, reference, element_id)
-    work(http, "ts.sonservera", reference, "valoracio_gravetat", SEVERITY_SCORES["greu"])
-    work(http, "coord.sonservera", reference, "validar_valoracio")
-    return reference
+from .pathway_driver import task_in_inbox, to_imas_decision, work
 
 
 def _clock(http, user, reference, clock_id):
@@ -31,7 +19,7 @@ def _clock(http, user, reference, clock_id):
 
 
 def test_imas_decision_clock_on_time_at_risk_breached(http, camins, manual_clock):
-    reference = _refer_to_imas(http)
+    reference = to_imas_decision(http)
     clock = _clock(http, "coord.sonservera", reference, "imas_decision")
     assert clock["status"] == "on_time" and clock["article"] == "Llei 9/2019 art. 120.1"
     assert clock["due_at"].startswith("2026-12-10")  # 20 days after 20 November
@@ -72,7 +60,7 @@ def test_imas_clock_breach_goes_to_the_section_head(http, camins, manual_clock):
 
 
 def test_clock_met_on_time(http, manual_clock):
-    reference = _refer_to_imas(http)
+    reference = to_imas_decision(http)
     manual_clock.advance(timedelta(days=3))
     work(http, "intake.imas", reference, "decisio_imas")
     clock = _clock(http, "coord.sonservera", reference, "imas_decision")
@@ -80,7 +68,7 @@ def test_clock_met_on_time(http, manual_clock):
 
 
 def test_clocks_are_need_to_know_and_scoped(http):
-    reference = _refer_to_imas(http)
+    reference = to_imas_decision(http)
     assert http.get(f"/api/cases/{reference}/clocks", "coord.inca").status_code == 404
     assert http.get("/api/clocks", "ts.sonservera").status_code == 403
     assert http.get("/api/clocks", "cap.ponent").json()["total"] == 0

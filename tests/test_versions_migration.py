@@ -14,10 +14,9 @@ from engine.bundle import BundleFile, bundles_from_directory
 from engine.errors import NotFound
 from engine.models import Definition, HistoryEvent, HumanTask, Instance, Timer
 from tasks.worker import TimerWorker
-from workflows.demo import SEVERITY_SCORES
 from workflows.pathways import BUNDLED_DIAGRAMS
 
-from .pathway_driver import notify, work
+from .pathway_driver import notify, to_imas_decision
 
 FORM = b"""{"type": "default", "id": "Form_nota", "schemaVersion": 16, "components": [
   {"type": "textarea", "key": "nota", "label": "Nota", "id": "Field_nota", "validate": {"maxLength": 200}}]}"""
@@ -328,17 +327,6 @@ def investigacio_v2(camins) -> int:
     definition, created = camins.engine.deploy(changed, "analista")
     assert created
     return definition.version
-
-
-def to_imas_decision(http) -> str:
-    reference = notify(http)
-    for element_id, user in [("registre_notificacio", "adm.sonservera"), ("valorar_urgencia", "ts.sonservera"),
-                             ("visita_domiciliaria", "ts.sonservera"), ("informe_social", "ts.sonservera"),
-                             ("informe_educatiu", "es.sonservera")]:
-        work(http, user, reference, element_id)
-    work(http, "ts.sonservera", reference, "valoracio_gravetat", SEVERITY_SCORES["greu"])
-    work(http, "coord.sonservera", reference, "validar_valoracio")
-    return reference
 
 
 def test_a_waiting_timer_keeps_its_due_time_when_its_instance_moves(http, camins, manual_clock):
